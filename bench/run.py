@@ -1,0 +1,124 @@
+"""`make bench`: ingest against a bare aiohttp+orjson uploader, side by side, in one run.
+
+Starts the fake server in its own process, writes a sample (BENCH_ROWS rows,
+default 200,000), then uploads it with each client in turn (each into a fresh
+dataset), alternating for BENCH_ROUNDS rounds. Prints rows/s, the ratio of
+ingest to the bare uploader, and each client's peak RSS; then peak RSS of
+ingest at 5x the rows, to show memory stays flat. Ratios are what to quote:
+the machines are shared and absolute times are noisy.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "bench-key"
+ROWS = int(os.environ.get("BENCH_ROWS", "200000"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+
+
+def write_sample(path: Path, rows: int) -> None:
+    with path.open("wb") as f:
+        for i in range(rows):
+            row = {
+                "question": f"What is {i} + {i}? Explain the steps.",
+                "answer": str(2 * i),
+                "topic": ("arithmetic", "algebra", "geometry")[i % 3],
+                "score": (i % 1000) / 1000,
+                "metadata": {"row": i, "tags": ["bench", "synthetic"]},
+            }
+            f.write(orjson.dumps(row) + b"\n")
+
+
+def start_server(datasets: list[str]) -> tuple[subprocess.Popen[str], str]:
+    args = [sys.executable, "-m", "ingest", "fake-server", "--port", "0", "--api-key", KEY]
+    for ds in datasets:
+        args += ["--dataset", ds]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if not line.startswith("listening on "):
+        proc.kill()
+        raise SystemExit(f"fake server did not start: {line!r}")
+    return proc, line.removeprefix("listening on ")
+
+
+def timed(cmd: list[str]) -> tuple[float, int]:
+    """Run ``cmd``; return its wall time and peak RSS in MiB."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, env={**os.environ, "ARIZE_API_KEY": KEY}, stdout=subprocess.DEVNULL
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{cmd[:4]} failed with {status}")
+    return elapsed, usage.ru_maxrss // 1024
+
+
+def held(url: str, dataset: str) -> int:
+    with urllib.request.urlopen(f"{url}/_fake/stats", timeout=30) as resp:
+        return int(orjson.loads(resp.read())["datasets"].get(dataset, 0))
+
+
+def main() -> None:
+    datasets = [f"YmVuY2g{i}" for i in range(2 * ROUNDS + 1)]
+    server, url = start_server(datasets)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            sample = Path(tmp) / "sample.jsonl"
+            write_sample(sample, ROWS)
+            results: dict[str, list[tuple[float, int]]] = {"bare": [], "ingest": []}
+            for r in range(ROUNDS):
+                bare_ds, ingest_ds = datasets[2 * r], datasets[2 * r + 1]
+                results["bare"].append(
+                    timed(
+                        [sys.executable, str(ROOT / "bench" / "bare.py"), str(sample), url, bare_ds]
+                    )
+                )
+                results["ingest"].append(
+                    timed(
+                        [
+                            sys.executable,
+                            "-m",
+                            "ingest",
+                            "run",
+                            "--input",
+                            str(sample),
+                            "--dataset-id",
+                            ingest_ds,
+                            "--base-url",
+                            url,
+                            "--rate",
+                            "0",
+                            "-q",
+                            "--checkpoint",
+                            str(Path(tmp) / f"r{r}.ckpt"),
+                        ]
+                    )
+                )
+                for ds in (bare_ds, ingest_ds):
+                    assert held(url, ds) == ROWS, f"{ds} holds {held(url, ds)} rows, not {ROWS}"
+            print(f"{ROWS:,} rows, {ROUNDS} alternating rounds, fake server in its own process")
+            best = {}
+            for name, runs in results.items():
+                best[name] = min(t for t, _ in runs)
+                rss = max(m for _, m in runs)
+                print(f"  {name:7} best {ROWS / best[name]:>10,.0f} rows/s   peak RSS {rss} MiB")
+            print(f"  ingest / bare throughput: {best['bare'] / best['ingest']:.2f}")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""ingest: fast, resumable bulk uploads of JSONL records into Arize AI datasets.
+
+import ingest
+summary = await ingest.upload(input="rows.jsonl", dataset_id="RGF0YXNldDox...")
+print(summary.to_text())
+"""
+
+from importlib.metadata import version as _version
+
+from ingest.config import RunConfig
+from ingest.errors import (
+    AuthError,
+    CheckpointError,
+    ConfigError,
+    DatasetNotFoundError,
+    DeliveryError,
+    IngestError,
+    RetriesExhaustedError,
+    SourceError,
+)
+from ingest.pipeline import upload
+from ingest.report import Summary
+
+__version__ = _version("ingest")
+
+__all__ = [
+    "AuthError",
+    "CheckpointError",
+    "ConfigError",
+    "DatasetNotFoundError",
+    "DeliveryError",
+    "IngestError",
+    "RetriesExhaustedError",
+    "RunConfig",
+    "SourceError",
+    "Summary",
+    "__version__",
+    "upload",
+]

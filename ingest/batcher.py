@@ -1,0 +1,173 @@
+"""Batcher: groups records into batches the API accepts.
+
+Takes ``Record`` s in line order; gives out ``Batch`` es of at most
+``batch_rows`` rows and ``batch_bytes`` of request body, numbered from
+``first_seq``. The same records and settings always give the same batches.
+
+Batches tile the input: each one covers every line from the end of the one
+before it to its last row, blank and rejected lines included, so the done
+ranges in the checkpoint leave no gaps and a resumed run can seek past them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from ingest.source import ENVELOPE_BYTES, Record
+
+MAX_BATCH_ROWS = 1000  # the API's limit per request
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Rows to send in one request, with the line and byte span they cover.
+
+    ``part`` names a piece made by splitting a refused batch: ``""`` is the
+    whole batch, ``"0"`` and ``"1"`` its halves, ``"01"`` the second half of
+    the first half, and so on.
+    """
+
+    seq: int
+    first_line: int
+    start: int
+    rows: tuple[bytes, ...]
+    lines: tuple[int, ...]
+    ends: tuple[int, ...]
+    part: str = ""
+
+    @property
+    def last_line(self) -> int:
+        """The line of the last row."""
+        return self.lines[-1]
+
+    @property
+    def end(self) -> int:
+        """The byte offset just after the last row's line."""
+        return self.ends[-1]
+
+    @property
+    def name(self) -> str:
+        """How messages refer to this batch."""
+        piece = f" part {self.part}" if self.part else ""
+        return f"batch {self.seq}{piece} (lines {self.first_line}-{self.last_line})"
+
+    def body(self) -> bytes:
+        """The request body, ``{"examples":[...]}``, built from the rows' own bytes."""
+        return b'{"examples":[' + b",".join(self.rows) + b"]}"
+
+    def split(self) -> tuple[Batch, Batch]:
+        """Halve the batch; the halves tile the same lines as the whole."""
+        mid = len(self.rows) // 2
+        if mid == 0:
+            raise ValueError("a one-row batch cannot be split")
+        first = Batch(
+            self.seq,
+            self.first_line,
+            self.start,
+            self.rows[:mid],
+            self.lines[:mid],
+            self.ends[:mid],
+            self.part + "0",
+        )
+        second = Batch(
+            self.seq,
+            self.lines[mid - 1] + 1,
+            self.ends[mid - 1],
+            self.rows[mid:],
+            self.lines[mid:],
+            self.ends[mid:],
+            self.part + "1",
+        )
+        return first, second
+
+
+def body_size(rows: int, row_bytes: int) -> int:
+    """Bytes of a body holding ``rows`` rows of ``row_bytes`` bytes in all."""
+    return ENVELOPE_BYTES + row_bytes + max(rows - 1, 0)
+
+
+class Batcher:
+    """Accumulates records and hands out full batches.
+
+    batcher = Batcher(batch_rows=500, batch_bytes=4 << 20)
+    for record in records:
+        if (batch := batcher.add(record)) is not None:
+            send(batch)
+    if (batch := batcher.flush()) is not None:
+        send(batch)
+    """
+
+    def __init__(
+        self,
+        *,
+        batch_rows: int,
+        batch_bytes: int,
+        first_seq: int = 0,
+        first_line: int = 1,
+        start: int = 0,
+    ) -> None:
+        if not 1 <= batch_rows <= MAX_BATCH_ROWS:
+            raise ValueError(f"batch_rows must be 1..{MAX_BATCH_ROWS}, not {batch_rows}")
+        self.batch_rows = batch_rows
+        self.batch_bytes = batch_bytes
+        self._seq = first_seq
+        self._first_line = first_line
+        self._start = start
+        self._rows: list[bytes] = []
+        self._lines: list[int] = []
+        self._ends: list[int] = []
+        self._bytes = 0
+        self._first_seq = first_seq
+
+    @property
+    def produced(self) -> int:
+        """How many batches have been handed out."""
+        return self._seq - self._first_seq
+
+    @property
+    def pending(self) -> int:
+        """Rows waiting in the batch being filled."""
+        return len(self._rows)
+
+    def add(self, record: Record) -> Batch | None:
+        """Add a record; return the batch it closed, if adding it would overflow one."""
+        full = None
+        size = body_size(len(self._rows) + 1, self._bytes + len(record.raw))
+        if self._rows and (len(self._rows) == self.batch_rows or size > self.batch_bytes):
+            full = self.flush()
+        self._rows.append(record.raw)
+        self._lines.append(record.line)
+        self._ends.append(record.end)
+        self._bytes += len(record.raw)
+        return full
+
+    def flush(self) -> Batch | None:
+        """Close and return the batch being filled, if it holds any row."""
+        if not self._rows:
+            return None
+        batch = Batch(
+            self._seq,
+            self._first_line,
+            self._start,
+            tuple(self._rows),
+            tuple(self._lines),
+            tuple(self._ends),
+        )
+        self._seq += 1
+        self._first_line = batch.last_line + 1
+        self._start = batch.end
+        self._rows, self._lines, self._ends, self._bytes = [], [], [], 0
+        return batch
+
+
+def batch_records(
+    records: Iterable[Record], *, batch_rows: int, batch_bytes: int, first_seq: int = 0
+) -> Iterator[Batch]:
+    """All the batches ``records`` make, in order."""
+    batcher = Batcher(batch_rows=batch_rows, batch_bytes=batch_bytes, first_seq=first_seq)
+    for record in records:
+        if (batch := batcher.add(record)) is not None:
+            yield batch
+    if (batch := batcher.flush()) is not None:
+        yield batch

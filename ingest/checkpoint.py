@@ -1,0 +1,393 @@
+"""Checkpoint: the write-ahead journal that makes a run resumable.
+
+Takes records of what the sender is about to do and has done; gives back, when
+a run starts, what is already done. One JSON object per line:
+
+    {"t": "header", "v": 1, "fingerprint": {...}}     what run this journal belongs to
+    {"t": "start", "attempt": 2, ...}                  each time a run starts or resumes
+    {"t": "rejected", "line": 7, "bytes": [s, e], "reason": "..."}
+    {"t": "sending", "seq": 3, "part": "", "lines": [a, b], "bytes": [s, e], "rows": n}
+    {"t": "unknown", "seq": 3, "part": "", "cause": "HTTP 503"}   maybe committed; resent
+    {"t": "done", "seq": 3, "part": "", "lines": [a, b], "bytes": [s, e], "rows": n,
+     "example_ids": [...]}
+    {"t": "finished", "exit_code": 0, "delivered": n, "rejected": m}
+
+A *sending* record is durable before its POST starts; a *done* record is
+written after the 2xx. After a crash, *sending* with no *done* names the
+batches that were in flight. Writes are group-committed by one task that
+fsyncs in a worker thread, so the event loop never waits on the disk and many
+workers share one fsync. A torn last line (a crash mid-write) is dropped.
+
+The fingerprint identifies the input by content (size and a hash of its first
+and last MiB), not by path, plus the dataset and version it goes to.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import orjson
+
+from ingest.errors import CheckpointError
+
+JOURNAL_VERSION = 1
+_EDGE = 1 << 20
+_TAIL = 16 << 20  # of a rejects file: more than one group commit ever writes
+
+
+def fingerprint(input_path: str, dataset_id: str, dataset_version_id: str | None) -> dict[str, Any]:
+    """What a checkpoint belongs to: the input's content identity, dataset and version."""
+    if input_path == "-":
+        identity: dict[str, Any] = {"stdin": True}
+    else:
+        with open(input_path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = hashlib.sha256(f.read(_EDGE)).hexdigest()
+            f.seek(max(size - _EDGE, 0))
+            tail = hashlib.sha256(f.read(_EDGE)).hexdigest()
+        identity = {"size": size, "head_sha256": head, "tail_sha256": tail}
+    return {
+        "input": identity,
+        "dataset_id": dataset_id,
+        "dataset_version_id": dataset_version_id or None,
+    }
+
+
+class LineRanges:
+    """Lines already dealt with (delivered or rejected), as ranges with their byte spans."""
+
+    def __init__(self) -> None:
+        self._ranges: list[tuple[int, int, int, int]] = []
+        self._merged: list[tuple[int, int]] | None = None
+
+    def add(self, first: int, last: int, start: int, end: int) -> None:
+        """Record that lines ``first..last`` (bytes ``start..end``) are dealt with."""
+        self._ranges.append((first, last, start, end))
+        self._merged = None
+
+    def __len__(self) -> int:
+        return len(self._ranges)
+
+    def prefix(self) -> tuple[int, int]:
+        """The last line of the unbroken run of dealt-with lines from line 1, and its end byte."""
+        line, offset = 0, 0
+        for first, last, _, end in sorted(self._ranges):
+            if first > line + 1:
+                break
+            if last > line:
+                line, offset = last, end
+        return line, offset
+
+    def merged(self) -> list[tuple[int, int]]:
+        """The line ranges, sorted and merged."""
+        if self._merged is None:
+            out: list[tuple[int, int]] = []
+            for first, last, _, _ in sorted(self._ranges):
+                if out and first <= out[-1][1] + 1:
+                    if last > out[-1][1]:
+                        out[-1] = (out[-1][0], last)
+                else:
+                    out.append((first, last))
+            self._merged = out
+        return self._merged
+
+    def skipper(self) -> Callable[[int], bool]:
+        """A test ``line -> already dealt with``, for line numbers that only go up."""
+        ranges = self.merged()
+        index = 0
+
+        def covered(line: int) -> bool:
+            nonlocal index
+            while index < len(ranges) and ranges[index][1] < line:
+                index += 1
+            return index < len(ranges) and ranges[index][0] <= line
+
+        return covered
+
+
+@dataclass(slots=True)
+class JournalState:
+    """What a journal says about the runs before this one."""
+
+    fingerprint: dict[str, Any] | None = None
+    covered: LineRanges = field(default_factory=LineRanges)
+    delivered_rows: int = 0
+    rejected_rows: int = 0
+    done_batches: int = 0
+    unknown_outcomes: int = 0
+    next_seq: int = 0
+    attempts: int = 0
+    in_flight: list[dict[str, Any]] = field(default_factory=list)
+    finished: dict[str, Any] | None = None
+
+    def apply(self, rec: dict[str, Any], sending: dict[tuple[int, str], dict[str, Any]]) -> None:
+        """Fold one journal record into the state."""
+        kind = rec.get("t")
+        if kind == "header":
+            self.fingerprint = rec.get("fingerprint")
+        elif kind == "start":
+            self.attempts += 1
+        elif kind == "rejected":
+            line = rec["line"]
+            start, end = rec["bytes"]
+            self.covered.add(line, line, start, end)
+            self.rejected_rows += 1
+        elif kind == "sending":
+            sending[(rec["seq"], rec["part"])] = rec
+            self.next_seq = max(self.next_seq, rec["seq"] + 1)
+        elif kind == "unknown":
+            self.unknown_outcomes += 1
+        elif kind == "done":
+            sending.pop((rec["seq"], rec["part"]), None)
+            (first, last), (start, end) = rec["lines"], rec["bytes"]
+            self.covered.add(first, last, start, end)
+            self.delivered_rows += rec["rows"]
+            self.done_batches += 1
+        elif kind == "finished":
+            self.finished = rec
+
+
+def parse_journal(data: bytes, path: str) -> tuple[JournalState, int]:
+    """The state ``data`` records, and how many of its bytes are whole lines."""
+    state = JournalState()
+    sending: dict[tuple[int, str], dict[str, Any]] = {}
+    good = data.rfind(b"\n") + 1  # past it lies a torn write: never acknowledged, dropped
+    for number, line in enumerate(data[:good].splitlines(), start=1):
+        try:
+            rec = orjson.loads(line)
+            if number == 1 and (rec.get("t") != "header" or rec.get("v") != JOURNAL_VERSION):
+                raise ValueError("first line is not an ingest checkpoint header")
+            state.apply(rec, sending)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(
+                f"{path}:{number}: checkpoint is corrupt ({exc}); pass --restart to start "
+                "over (the old file is kept as .bak) or --checkpoint for a new file"
+            ) from exc
+    state.in_flight = sorted(sending.values(), key=lambda r: (r["seq"], r["part"]))
+    return state, good
+
+
+def read_journal(path: str) -> JournalState:
+    """Read a journal without taking it (for ``ingest status``)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read checkpoint: {exc.strerror}") from exc
+    return parse_journal(data, path)[0]
+
+
+def _mismatch(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    if old.get("dataset_id") != new["dataset_id"]:
+        return f"dataset {old.get('dataset_id')!r}, not {new['dataset_id']!r}"
+    if old.get("dataset_version_id") != new["dataset_version_id"]:
+        return f"dataset version {old.get('dataset_version_id')!r}"
+    if old.get("input") != new["input"]:
+        if new["input"].get("stdin") or (old.get("input") or {}).get("stdin"):
+            return "another input (stdin cannot be resumed)"
+        return "another input (its size or content differs)"
+    return None
+
+
+class CheckpointJournal:
+    """The journal of one run: open it, run its writer task, write records, close it.
+
+    journal, state = CheckpointJournal.open(path, fp, rejects_path=rp)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(journal.run)
+        await journal.write({"t": "sending", ...})  # durable on return
+        ...
+        journal.close()
+    """
+
+    def __init__(self, path: str, fd: int, rejects_path: str) -> None:
+        self.path = path
+        self.rejects_path = rejects_path
+        self._fd = fd
+        self._rejects_fd: int | None = None
+        self._buf: list[bytes] = []
+        self._rejects: list[bytes] = []
+        self._committed = anyio.Event()
+        self._has_work = anyio.Event()
+        self._closing = False
+        self._error: CheckpointError | None = None
+        self._already_rejected: set[int] = set()
+
+    @classmethod
+    def open(
+        cls, path: str, fp: dict[str, Any], *, rejects_path: str, restart: bool = False
+    ) -> tuple[CheckpointJournal, JournalState]:
+        """Take the journal at ``path`` (creating it), check it belongs to this run, load it."""
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise CheckpointError(f"{path}: cannot open checkpoint: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise CheckpointError(
+                f"{path}: checkpoint is in use by another ingest run; wait for it to end "
+                "(or pass --checkpoint for a separate run)"
+            ) from None
+        try:
+            state = cls._load(fd, path, fp, restart)
+        except BaseException:
+            os.close(fd)
+            raise
+        journal = cls(path, fd, rejects_path)
+        if state.attempts:
+            journal._already_rejected = _recent_rejects(rejects_path)
+        return journal, state
+
+    @staticmethod
+    def _load(fd: int, path: str, fp: dict[str, Any], restart: bool) -> JournalState:
+        size = os.fstat(fd).st_size
+        data = os.pread(fd, size, 0) if size else b""
+        state, good = parse_journal(data, path) if data else (JournalState(), 0)
+        reason = _mismatch(state.fingerprint, fp) if state.fingerprint is not None else None
+        if reason is not None and not restart:
+            raise CheckpointError(
+                f"{path}: this checkpoint is for {reason}. Pass --restart to start over "
+                "(the old file is kept as .bak), or --checkpoint PATH for a separate run"
+            )
+        if reason is not None or state.fingerprint is None:
+            if data:
+                with open(path + ".bak", "wb") as bak:
+                    bak.write(data)
+            good, state = 0, JournalState(fingerprint=fp)
+            header = {"t": "header", "v": JOURNAL_VERSION, "fingerprint": fp}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, orjson.dumps(header) + b"\n", 0)
+            os.fsync(fd)
+            _fsync_dir(path)
+        elif good < size:
+            os.ftruncate(fd, good)
+            os.fsync(fd)
+        os.lseek(fd, 0, os.SEEK_END)
+        return state
+
+    async def write(self, record: dict[str, Any], *, durable: bool = True) -> None:
+        """Append ``record``; if ``durable``, return once it (and all before it) is fsynced."""
+        await self._append(orjson.dumps(record) + b"\n", None, durable)
+
+    async def reject(self, record: dict[str, Any], rejects_line: bytes) -> None:
+        """Record a rejected line: first in the rejects file, then in the journal."""
+        if record["line"] in self._already_rejected:
+            # A crash fell between the rejects file and the journal: the line is there already.
+            rejects_line = b""
+        await self._append(orjson.dumps(record) + b"\n", rejects_line, durable=False)
+
+    async def _append(self, line: bytes, rejects_line: bytes | None, durable: bool) -> None:
+        if self._error is not None:
+            raise self._error
+        self._buf.append(line)
+        if rejects_line is not None:
+            self._rejects.append(rejects_line)
+        committed = self._committed
+        self._has_work.set()
+        if durable:
+            await committed.wait()
+            if self._error is not None:
+                raise self._error
+
+    async def flush(self) -> None:
+        """Return once everything written so far is durable."""
+        if self._buf or self._rejects:
+            committed = self._committed
+            self._has_work.set()
+            await committed.wait()
+        if self._error is not None:
+            raise self._error
+
+    async def run(self) -> None:
+        """The writer task: commit what has been written, in groups, until closed."""
+        while True:
+            if not self._buf and not self._rejects:
+                if self._closing:
+                    return
+                await self._has_work.wait()
+                self._has_work = anyio.Event()
+                continue
+            buf, rejects, committed = self._buf, self._rejects, self._committed
+            self._buf, self._rejects, self._committed = [], [], anyio.Event()
+            try:
+                await anyio.to_thread.run_sync(self._commit, b"".join(rejects), b"".join(buf))
+            except OSError as exc:
+                self._error = CheckpointError(
+                    f"{self.path}: cannot write checkpoint: {exc}; free the disk or fix "
+                    "permissions, then re-run the same command to resume"
+                )
+                committed.set()
+                raise self._error from exc
+            committed.set()
+
+    def _commit(self, rejects: bytes, records: bytes) -> None:
+        # Rejects first: a line in the journal as rejected is always in the rejects file.
+        if rejects:
+            if self._rejects_fd is None:
+                self._rejects_fd = os.open(
+                    self.rejects_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644
+                )
+            _write_all(self._rejects_fd, rejects)
+            os.fsync(self._rejects_fd)
+        _write_all(self._fd, records)
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        """Ask the writer task to commit what is left and end."""
+        self._closing = True
+        self._has_work.set()
+
+    def release(self) -> None:
+        """Close the files and drop the lock; call after the writer task ended."""
+        for fd in (self._rejects_fd, self._fd):
+            if fd is not None:
+                os.close(fd)
+        self._rejects_fd = None
+
+
+def _recent_rejects(path: str) -> set[int]:
+    """Line numbers at the end of a rejects file; drops a torn last line."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return set()
+    try:
+        size = os.fstat(fd).st_size
+        start = max(size - _TAIL, 0)
+        data = os.pread(fd, size - start, start)
+        good = data.rfind(b"\n") + 1
+        if start + good < size:
+            os.ftruncate(fd, start + good)
+        lines = data[:good].splitlines()[1 if start else 0 :]
+    finally:
+        os.close(fd)
+    seen = set()
+    for line in lines:
+        try:
+            seen.add(int(orjson.loads(line)["line"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return seen
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _fsync_dir(path: str) -> None:
+    # A new file's directory entry is durable only once its directory is fsynced.
+    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,221 @@
+"""CLI: ``ingest run``, ``ingest status`` and ``ingest fake-server``.
+
+Parses flags over a TOML config, runs the pipeline, prints the summary and
+maps the outcome to an exit code (the README lists them). Ctrl-C or SIGTERM
+asks the run to stop gracefully; a second one exits at once, which the
+checkpoint survives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import signal
+import sys
+import traceback
+from typing import Any
+
+import anyio
+import orjson
+
+from ingest.checkpoint import read_journal
+from ingest.config import API_KEY_ENV, DEFAULT_BASE_URL, build_config, load_toml
+from ingest.errors import IngestError
+from ingest.pipeline import EXIT_INTERRUPTED, upload
+from ingest.report import Summary
+
+log = logging.getLogger("ingest")
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """``4194304``, ``4MiB``, ``512k`` → bytes."""
+    match = _SIZE.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 4MiB or 1048576)")
+    unit = (match.group(2) or "b")[0].lower()
+    return int(match.group(1)) * {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ingest",
+        description="Upload JSONL records into an Arize dataset: fast, resumable, every row once.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser(
+        "run",
+        help="upload a file (re-run the same command to resume)",
+        description=f"Upload JSONL into a dataset. The API key comes from ${API_KEY_ENV}.",
+    )
+    run.add_argument("config", nargs="?", help="TOML config; flags override its settings")
+    run.add_argument("--input", help="JSONL file, .gz, or - for stdin")
+    run.add_argument("--dataset-id", help="the dataset to append to")
+    run.add_argument("--dataset-version-id", help="a version of it (default: the latest)")
+    run.add_argument("--base-url", help=f"API base URL (default {DEFAULT_BASE_URL})")
+    run.add_argument("--checkpoint", help="journal path (default: <input>.ingest-<tag>.ckpt)")
+    run.add_argument("--rejects", help="rejected lines (default: beside the checkpoint)")
+    run.add_argument("--batch-rows", type=int, help="rows per request, 1..1000 (default 500)")
+    run.add_argument("--batch-bytes", type=parse_size, help="body bytes per request (default 4MiB)")
+    run.add_argument("--concurrency", type=int, help="requests in flight (default 8)")
+    run.add_argument("--rate", type=float, help="requests per second, 0 = no limit (default 20)")
+    run.add_argument("--request-timeout", type=float, help="seconds per request (default 60)")
+    run.add_argument("--max-attempts", type=int, help="tries per batch, 429s aside (default 8)")
+    run.add_argument("--max-retry-seconds", type=float, help="retry time per batch (default 600)")
+    run.add_argument(
+        "--restart",
+        action="store_true",
+        default=None,
+        help="start over when the checkpoint is of another input or dataset (old kept as .bak)",
+    )
+    run.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    _verbosity(run)
+
+    status = sub.add_parser("status", help="show what a checkpoint has done")
+    status.add_argument("--checkpoint", required=True, help="journal path")
+    status.add_argument("--json", action="store_true", help="print as one JSON object")
+
+    sub.add_parser(
+        "fake-server",
+        help="run the Arize-compatible fake server (see ingest fake-server --help)",
+        add_help=False,
+    )
+    return parser
+
+
+def _verbosity(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", action="store_true", help="log every retry")
+    group.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["fake-server"]:
+        from ingest.fake import main as fake_main
+
+        return fake_main(argv[1:])
+    args = _parser().parse_args(argv)
+    if args.command == "status":
+        return _status(args)
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="ingest: %(message)s", stream=sys.stderr)
+    overrides = {
+        key: getattr(args, key)
+        for key in (
+            "input",
+            "dataset_id",
+            "dataset_version_id",
+            "base_url",
+            "checkpoint",
+            "rejects",
+            "batch_rows",
+            "batch_bytes",
+            "concurrency",
+            "rate",
+            "request_timeout",
+            "max_attempts",
+            "max_retry_seconds",
+            "restart",
+        )
+    }
+    try:
+        toml = load_toml(args.config) if args.config else {}
+        config = build_config(toml, overrides, source=args.config or "flags")
+        summary = anyio.run(_upload_with_signals, config, backend="asyncio")
+    except IngestError as exc:
+        print(f"ingest: error: {exc}", file=sys.stderr)  # noqa: T201
+        if exc.summary is not None:
+            _print_summary(exc.summary, args.json)
+        return exc.exit_code
+    except Exception:
+        traceback.print_exc()
+        print("ingest: unexpected error (a bug: please report it)", file=sys.stderr)  # noqa: T201
+        return 1
+    _print_summary(summary, args.json)
+    return summary.exit_code
+
+
+def _print_summary(summary: Summary, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.buffer.write(summary.to_json() + b"\n")
+        sys.stdout.flush()
+    else:
+        print(summary.to_text())  # noqa: T201
+
+
+async def _upload_with_signals(config: Any) -> Summary:
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_watch_signals, stop)
+        summary = await upload(config, stop=stop, progress=True)
+        tg.cancel_scope.cancel()
+    return summary
+
+
+async def _watch_signals(stop: anyio.Event) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            if stop.is_set():
+                # The journal is fsynced record by record and a torn line is dropped on
+                # load, so leaving without cleanup still resumes correctly.
+                sys.stderr.write("ingest: stopped at once; re-run the same command to resume\n")
+                os._exit(EXIT_INTERRUPTED)
+            log.warning(
+                "%s received: finishing requests in flight (press Ctrl-C again to stop at once)",
+                signal.Signals(signum).name,
+            )
+            stop.set()
+
+
+def _status(args: argparse.Namespace) -> int:
+    try:
+        state = read_journal(args.checkpoint)
+    except IngestError as exc:
+        print(f"ingest: error: {exc}", file=sys.stderr)  # noqa: T201
+        return exc.exit_code
+    fp = state.fingerprint or {}
+    report: dict[str, Any] = {
+        "checkpoint": args.checkpoint,
+        "dataset_id": fp.get("dataset_id"),
+        "dataset_version_id": fp.get("dataset_version_id"),
+        "input": fp.get("input"),
+        "runs": state.attempts,
+        "finished": state.finished is not None,
+        "rows_delivered": state.delivered_rows,
+        "rows_rejected": state.rejected_rows,
+        "batches_done": state.done_batches,
+        "unknown_outcomes_resent": state.unknown_outcomes,
+        "in_flight_at_last_stop": [
+            {"seq": r["seq"], "part": r["part"], "lines": r["lines"]} for r in state.in_flight
+        ],
+        "lines_done": [list(r) for r in state.covered.merged()],
+    }
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps(report) + b"\n")
+        return 0
+    lines_done = ", ".join(f"{a}-{b}" for a, b in state.covered.merged()[:10])
+    more = " ..." if len(state.covered.merged()) > 10 else ""
+    in_flight = ", ".join(f"{r['lines'][0]}-{r['lines'][1]}" for r in state.in_flight) or "none"
+    print(  # noqa: T201
+        f"checkpoint:        {args.checkpoint}\n"
+        f"dataset:           {report['dataset_id']}"
+        + (f" (version {report['dataset_version_id']})" if report["dataset_version_id"] else "")
+        + f"\nruns:              {state.attempts}"
+        f"\nfinished:          {'yes' if state.finished else 'no'}"
+        f"\nrows delivered:    {state.delivered_rows:,} in {state.done_batches:,} batches"
+        f"\nrows rejected:     {state.rejected_rows:,}"
+        f"\nunknown outcomes:  {state.unknown_outcomes:,} (resent)"
+        f"\nin flight at stop: {in_flight}"
+        f"\nlines done:        {lines_done or 'none'}{more}"
+    )
+    return 0

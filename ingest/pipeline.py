@@ -1,0 +1,373 @@
+"""Pipeline: wires the stages of one upload and runs them in one task group.
+
+    input ──► source ──list[Record]──► batcher ──Batch──► sender × N ──► journal
+    (JSONL,   (thread:   bounded        (rows &    bounded   (limiter,      (writer task:
+     .gz, -)  read and  stream, 4       bytes      stream    429 gate,      group commit,
+              validate) chunks)         limits)              retries,       fsync off-loop)
+                 │                                            halving)
+                 └──► rejects (through the journal writer) ◄──┘
+
+Before any input is read, the checkpoint is taken (locked, fingerprint
+checked) and a preflight GET checks the key and the dataset. The source then
+seeks past the lines the checkpoint has as done. Every stream is bounded, so
+a slow API holds the reader back and memory stays flat. On a stop request
+(Ctrl-C, SIGTERM) the source stops, workers finish the request they are in
+(for at most ``shutdown_grace`` seconds), and the journal is flushed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import aiohttp
+import anyio
+from aiolimiter import AsyncLimiter
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+
+from ingest.batcher import Batch, Batcher
+from ingest.checkpoint import CheckpointJournal, JournalState, fingerprint
+from ingest.client import DatasetsClient, Reply
+from ingest.config import API_KEY_ENV, RunConfig
+from ingest.errors import ConfigError, DatasetNotFoundError, IngestError
+from ingest.report import Progress, RunStats, Summary, summarize
+from ingest.retry import Action, RetryPolicy
+from ingest.sender import Sender
+from ingest.source import JsonlSource, Record, Reject
+
+log = logging.getLogger("ingest")
+
+EXIT_OK = 0
+EXIT_REJECTS = 6
+EXIT_INTERRUPTED = 130
+
+
+async def upload(
+    config: RunConfig | None = None,
+    /,
+    *,
+    api_key: str | None = None,
+    stop: anyio.Event | None = None,
+    progress: bool = False,
+    **settings: Any,
+) -> Summary:
+    """Upload a JSONL file into an Arize dataset; resumable, every row once or rejected.
+
+    Pass a ``RunConfig`` or its settings as keywords. The key defaults to
+    ``$ARIZE_API_KEY``. Setting ``stop`` asks the run to wind down (what the
+    CLI does on Ctrl-C); the summary then says ``interrupted``. Raises an
+    ``IngestError`` when the run cannot finish; its ``summary`` attribute
+    holds the counts so far, when there are any.
+
+        summary = await ingest.upload(input="rows.jsonl", dataset_id="RGF0YXNldDox")
+    """
+    if config is None:
+        config = RunConfig(**settings)
+    elif settings:
+        config = config.replace(**settings)
+    key = api_key or os.environ.get(API_KEY_ENV, "")
+    if not key:
+        raise ConfigError(f"set {API_KEY_ENV} to your Arize API key")
+    journal, state = await anyio.to_thread.run_sync(_open_checkpoint, config)
+    try:
+        run = _Run(config, key, journal, state, stop or anyio.Event(), progress)
+        return await run.execute()
+    finally:
+        journal.release()
+
+
+def _open_checkpoint(config: RunConfig) -> tuple[CheckpointJournal, JournalState]:
+    """Fingerprint the input and take its checkpoint (blocking: run in a thread)."""
+    if config.input != "-" and not os.path.isfile(config.input):
+        raise ConfigError(f"{config.input}: input file not found")
+    fp = fingerprint(config.input, config.dataset_id, config.dataset_version_id)
+    return CheckpointJournal.open(
+        config.checkpoint_path, fp, rejects_path=config.rejects_path, restart=config.restart
+    )
+
+
+class _Run:
+    """One execution of the pipeline against an open journal."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        api_key: str,
+        journal: CheckpointJournal,
+        state: JournalState,
+        stop: anyio.Event,
+        progress: bool,
+    ) -> None:
+        self.config = config
+        self.api_key = api_key
+        self.journal = journal
+        self.state = state
+        self.stop = stop
+        self.progress = progress
+        self.stats = RunStats(rows_skipped=state.delivered_rows + state.rejected_rows)
+        self.exhausted = False
+        self.complete = False
+
+    def summary(self, status: str, exit_code: int, message: str = "") -> Summary:
+        totals = (
+            self.state.delivered_rows + self.stats.rows_delivered,
+            self.state.rejected_rows + self.stats.rows_rejected,
+        )
+        return summarize(
+            self.stats,
+            status=status,
+            exit_code=exit_code,
+            totals=totals,
+            in_flight_resent=len(self.state.in_flight),
+            checkpoint=self.config.checkpoint_path,
+            rejects=self.config.rejects_path,
+            message=message,
+        )
+
+    async def execute(self) -> Summary:
+        finished = self.state.finished
+        if finished is not None:
+            code = int(finished.get("exit_code", EXIT_OK))
+            log.info("every line of this input is already done: nothing to send")
+            return self.summary("already-complete", code, "every line was done by an earlier run")
+        if self.state.in_flight:
+            spans = ", ".join(f"{r['lines'][0]}-{r['lines'][1]}" for r in self.state.in_flight)
+            log.warning(
+                "resuming: %d batches were in flight when the last run stopped (lines %s); "
+                "they are sent again and may be duplicated",
+                len(self.state.in_flight),
+                spans,
+            )
+        failure: BaseException | None = None
+        async with aiohttp.ClientSession(trust_env=True) as session:
+            client = DatasetsClient(
+                session,
+                base_url=self.config.base_url,
+                api_key=self.api_key,
+                dataset_id=self.config.dataset_id,
+                dataset_version_id=self.config.dataset_version_id,
+                timeout=self.config.request_timeout,
+            )
+            async with anyio.create_task_group() as outer:
+                outer.start_soon(self.journal.run)
+                try:
+                    await self.journal.write(self._start_record())
+                    await self._preflight(client)
+                    await self._stages(client)
+                except Exception as exc:
+                    failure = _first_ingest_error(exc)
+                finally:
+                    self.journal.close()
+        if failure is not None:
+            if isinstance(failure, IngestError):
+                failure.summary = self.summary("failed", failure.exit_code, str(failure))
+            raise failure
+        if not self.complete:
+            return self.summary(
+                "interrupted", EXIT_INTERRUPTED, "re-run the same command to resume"
+            )
+        rejected = self.state.rejected_rows + self.stats.rows_rejected
+        if rejected:
+            return self.summary(
+                "complete-with-rejects", EXIT_REJECTS, f"see {self.config.rejects_path}"
+            )
+        return self.summary("complete", EXIT_OK)
+
+    def _start_record(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "t": "start",
+            "pid": os.getpid(),
+            "batch_rows": c.batch_rows,
+            "batch_bytes": c.batch_bytes,
+            "resent_in_flight": [[r["seq"], r["part"]] for r in self.state.in_flight],
+        }
+
+    def _policy(self) -> RetryPolicy:
+        c = self.config
+        return RetryPolicy(
+            max_attempts=c.max_attempts,
+            max_seconds=c.max_retry_seconds,
+            base=c.backoff_base,
+            cap=c.backoff_max,
+        )
+
+    def _sender(self, append: Any, limiter: AsyncLimiter | None) -> Sender:
+        return Sender(
+            append=append,
+            journal=self.journal,
+            policy=self._policy(),
+            stats=self.stats,
+            describe=self._describe,
+            limiter=limiter,
+        )
+
+    def _describe(self, action: Action, reply: Reply) -> str:
+        c = self.config
+        if action is Action.AUTH:
+            return (
+                f"the API refused the key in {API_KEY_ENV} ({reply.problem()}); check that it "
+                "is a valid Arize API key with access to this dataset's space"
+            )
+        if action is Action.NOT_FOUND:
+            version = f" (version {c.dataset_version_id!r})" if c.dataset_version_id else ""
+            return (
+                f"dataset {c.dataset_id!r}{version} was not found at {c.base_url} "
+                f"({reply.problem()}); check --dataset-id"
+            )
+        return f"the API refused the request ({reply.problem()})"
+
+    async def _preflight(self, client: DatasetsClient) -> None:
+        """One GET before reading anything: a wrong key or dataset fails here, after 1 request."""
+        reply = await self._sender(client.append, None).call(
+            client.get_dataset, "the preflight GET of the dataset"
+        )
+        if not classify_ok(reply):
+            raise IngestError(f"the preflight GET of the dataset failed: {reply.problem()}")
+        if self.config.dataset_version_id:
+            doc = reply.json()
+            versions = doc.get("versions") if isinstance(doc, dict) else None
+            if isinstance(versions, list):
+                ids = {v.get("id") for v in versions if isinstance(v, dict)}
+                if self.config.dataset_version_id not in ids:
+                    raise DatasetNotFoundError(
+                        f"dataset {self.config.dataset_id!r} has no version "
+                        f"{self.config.dataset_version_id!r}; check --dataset-version-id"
+                    )
+
+    async def _stages(self, client: DatasetsClient) -> None:
+        c = self.config
+        start_line, start_offset = self.state.covered.prefix()
+        source = await anyio.to_thread.run_sync(
+            lambda: JsonlSource(
+                c.input,
+                max_row_bytes=c.batch_bytes,
+                start_line=start_line + 1,
+                start_offset=start_offset,
+                skip=self.state.covered.skipper() if len(self.state.covered) else None,
+            )
+        )
+        limiter = AsyncLimiter(1, 1 / c.rate) if c.rate else None
+        sender = self._sender(client.append, limiter)
+        chunks_tx, chunks_rx = anyio.create_memory_object_stream[list[Record]](4)
+        batches_tx, batches_rx = anyio.create_memory_object_stream[Batch](1)
+        batcher = Batcher(
+            batch_rows=c.batch_rows,
+            batch_bytes=c.batch_bytes,
+            first_seq=self.state.next_seq,
+            first_line=start_line + 1,
+            start=start_offset,
+        )
+        try:
+            async with anyio.create_task_group() as side:
+                if self.progress:
+                    side.start_soon(Progress(self.stats).run)
+                async with anyio.create_task_group() as stages:
+                    side.start_soon(self._grace, stages.cancel_scope)
+                    stages.start_soon(self._read, source, chunks_tx)
+                    stages.start_soon(self._batch, batcher, chunks_rx, batches_tx)
+                    async with batches_rx:
+                        for _ in range(c.concurrency):
+                            stages.start_soon(sender.work, batches_rx.clone(), self.stop)
+                side.cancel_scope.cancel()
+        finally:
+            source.close()
+        self.complete = (
+            self.exhausted and batcher.pending == 0 and sender.resolved == batcher.produced
+        )
+        if self.complete:
+            await self.journal.write(
+                {
+                    "t": "finished",
+                    "exit_code": EXIT_REJECTS
+                    if self.state.rejected_rows + self.stats.rows_rejected
+                    else EXIT_OK,
+                    "delivered": self.state.delivered_rows + self.stats.rows_delivered,
+                    "rejected": self.state.rejected_rows + self.stats.rows_rejected,
+                }
+            )
+
+    async def _grace(self, stages: anyio.CancelScope) -> None:
+        """After a stop request, give in-flight requests ``shutdown_grace`` seconds, then cancel."""
+        await self.stop.wait()
+        log.warning(
+            "stopping: no new batches; waiting up to %.0fs for requests in flight",
+            self.config.shutdown_grace,
+        )
+        await anyio.sleep(self.config.shutdown_grace)
+        stages.cancel()
+
+    async def _read(self, source: JsonlSource, out: ObjectSendStream[list[Record]]) -> None:
+        async with out:
+            while not self.stop.is_set():
+                items = await anyio.to_thread.run_sync(source.read_chunk, abandon_on_cancel=True)
+                if not items:
+                    self.exhausted = True
+                    return
+                records: list[Record] = []
+                for item in items:
+                    if isinstance(item, Record):
+                        records.append(item)
+                    else:
+                        await self._reject(item)
+                self.stats.rows_read += len(items)
+                if records:
+                    try:
+                        await out.send(records)
+                    except anyio.BrokenResourceError:
+                        return
+
+    async def _reject(self, item: Reject) -> None:
+        log.debug("line %d rejected: %s", item.line, item.reason)
+        self.stats.rows_rejected += 1
+        await self.journal.reject(
+            {
+                "t": "rejected",
+                "line": item.line,
+                "bytes": [item.start, item.end],
+                "reason": item.reason,
+            },
+            item.to_json(),
+        )
+
+    async def _batch(
+        self,
+        batcher: Batcher,
+        chunks: ObjectReceiveStream[list[Record]],
+        out: ObjectSendStream[Batch],
+    ) -> None:
+        try:
+            async with chunks, out:
+                async for records in chunks:
+                    for record in records:
+                        if (batch := batcher.add(record)) is not None:
+                            await out.send(batch)
+                if not self.stop.is_set() and (batch := batcher.flush()) is not None:
+                    await out.send(batch)
+        except anyio.BrokenResourceError:
+            pass  # the workers stopped (a stop request): queued rows stay unsent
+
+
+def classify_ok(reply: Reply) -> bool:
+    """Whether a reply is a 2xx."""
+    return 200 <= reply.status < 300
+
+
+def _first_ingest_error(exc: BaseException) -> BaseException:
+    """The error to report out of a task group's ``ExceptionGroup``: an IngestError first."""
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = list(_leaves(exc))
+        for leaf in leaves:
+            if isinstance(leaf, IngestError):
+                return leaf
+        return leaves[0] if leaves else exc
+    return exc
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Any:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc

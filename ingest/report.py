@@ -1,0 +1,168 @@
+"""Report: live counters, progress while a run goes, and the summary at its end.
+
+Takes the counters every stage bumps (``RunStats``); gives out a progress line
+on a terminal (periodic log lines otherwise) and the ``Summary``: as text for
+people, as one JSON object (``--json``) for schedulers.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import TextIO
+
+import anyio
+import orjson
+
+log = logging.getLogger("ingest")
+
+
+@dataclass(slots=True)
+class RunStats:
+    """Counters for this run; every stage bumps its own (one event loop, no locks)."""
+
+    started: float = field(default_factory=time.monotonic)
+    rows_read: int = 0
+    rows_delivered: int = 0
+    rows_rejected: int = 0
+    rows_skipped: int = 0
+    batches: int = 0
+    requests: int = 0
+    unknown_resent: int = 0
+    retries: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the run started."""
+        return time.monotonic() - self.started
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Summary:
+    """How a run ended. ``exit_code`` is the CLI's; the README lists them all."""
+
+    status: str  # complete | complete-with-rejects | already-complete | interrupted | failed
+    exit_code: int
+    rows_read: int
+    rows_delivered: int
+    rows_rejected: int
+    rows_skipped: int
+    unknown_resent: int
+    in_flight_resent: int
+    batches: int
+    requests: int
+    retries: dict[str, int]
+    elapsed_s: float
+    rows_per_s: float
+    total_delivered: int
+    total_rejected: int
+    checkpoint: str
+    rejects: str
+    message: str = ""
+
+    def to_json(self) -> bytes:
+        """One JSON object, for schedulers and scripts."""
+        return orjson.dumps(asdict(self))
+
+    def to_text(self) -> str:
+        """A few aligned lines, for people."""
+        retries = ", ".join(f"{k} {v}" for k, v in sorted(self.retries.items())) or "none"
+        lines = [
+            f"status:            {self.status}" + (f" ({self.message})" if self.message else ""),
+            f"rows read:         {self.rows_read:,}",
+            f"rows delivered:    {self.rows_delivered:,}",
+            f"rows rejected:     {self.rows_rejected:,}"
+            + (f"  (see {self.rejects})" if self.total_rejected else ""),
+            f"already done:      {self.rows_skipped:,}",
+            f"unknown outcomes:  {self.unknown_resent:,} resent"
+            + (
+                f", {self.in_flight_resent} batches in flight at last stop resent"
+                if self.in_flight_resent
+                else ""
+            ),
+            f"batches:           {self.batches:,} in {self.requests:,} requests",
+            f"retries:           {retries}",
+            f"elapsed:           {self.elapsed_s:.2f} s ({self.rows_per_s:,.0f} rows/s)",
+            f"all runs:          {self.total_delivered:,} delivered, "
+            f"{self.total_rejected:,} rejected; checkpoint {self.checkpoint}",
+        ]
+        return "\n".join(lines)
+
+
+def summarize(
+    stats: RunStats,
+    *,
+    status: str,
+    exit_code: int,
+    totals: tuple[int, int],
+    in_flight_resent: int,
+    checkpoint: str,
+    rejects: str,
+    message: str = "",
+) -> Summary:
+    """Freeze the counters into a ``Summary``."""
+    elapsed = stats.elapsed
+    return Summary(
+        status=status,
+        exit_code=exit_code,
+        rows_read=stats.rows_read,
+        rows_delivered=stats.rows_delivered,
+        rows_rejected=stats.rows_rejected,
+        rows_skipped=stats.rows_skipped,
+        unknown_resent=stats.unknown_resent,
+        in_flight_resent=in_flight_resent,
+        batches=stats.batches,
+        requests=stats.requests,
+        retries=dict(stats.retries),
+        elapsed_s=round(elapsed, 3),
+        rows_per_s=round(stats.rows_delivered / elapsed, 1) if elapsed > 0 else 0.0,
+        total_delivered=totals[0],
+        total_rejected=totals[1],
+        checkpoint=checkpoint,
+        rejects=rejects,
+        message=message,
+    )
+
+
+class Progress:
+    """Shows how a run goes: a live line on a terminal, a log line now and then otherwise.
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(Progress(stats).run)
+    """
+
+    def __init__(
+        self, stats: RunStats, *, stream: TextIO | None = None, log_every: float = 30.0
+    ) -> None:
+        self.stats = stats
+        self.stream = stream or sys.stderr
+        self.log_every = log_every
+        self.live = self.stream.isatty()
+
+    def line(self) -> str:
+        """The current state in one line."""
+        s = self.stats
+        rate = s.rows_delivered / s.elapsed if s.elapsed > 0 else 0.0
+        retries = sum(s.retries.values())
+        return (
+            f"{s.rows_delivered:,} rows delivered, {s.rows_rejected:,} rejected, "
+            f"{s.rows_skipped:,} already done, {retries:,} retries, {rate:,.0f} rows/s"
+        )
+
+    async def run(self) -> None:
+        """Report until cancelled."""
+        try:
+            while True:
+                await anyio.sleep(0.5 if self.live else self.log_every)
+                if self.live:
+                    self.stream.write("\r\x1b[K" + self.line())
+                    self.stream.flush()
+                else:
+                    log.info("progress: %s", self.line())
+        finally:
+            if self.live:
+                self.stream.write("\r\x1b[K")
+                self.stream.flush()

@@ -1,0 +1,125 @@
+"""RetryPolicy: what each answer from the API means, and how long to wait.
+
+Takes an HTTP status (or a transport error); gives back an ``Action``. Waits
+use exponential backoff with full jitter, or the server's ``Retry-After``.
+``PauseGate`` is the one pause all workers share after a 429: aiolimiter paces
+requests but has no way to stop them, so the gate sits in front of it.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import enum
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+
+_MAX_RETRY_AFTER = 3600.0
+
+
+class Action(enum.Enum):
+    """What to do with a batch after an answer."""
+
+    DELIVERED = "delivered"
+    RETRY = "retry"  # not committed: send again after a backoff
+    RETRY_UNKNOWN = "retry-unknown"  # maybe committed: record it, then send again
+    RATE_LIMITED = "rate-limited"  # 429: pause every worker, then send again
+    SPLIT = "split"  # the server refused some row in it: halve to find which
+    AUTH = "auth"
+    NOT_FOUND = "not-found"
+    FAIL = "fail"  # a refusal retrying cannot fix
+
+
+def classify(status: int) -> Action:
+    """The action an HTTP status calls for on an append."""
+    if 200 <= status < 300:
+        return Action.DELIVERED
+    if status == 429:
+        return Action.RATE_LIMITED
+    if status in (408, 425):
+        return Action.RETRY
+    if status >= 500:
+        # The server may have committed the rows before failing (ARIZE_API.md).
+        return Action.RETRY_UNKNOWN
+    if status in (400, 413, 422):
+        return Action.SPLIT
+    if status in (401, 403):
+        return Action.AUTH
+    if status == 404:
+        return Action.NOT_FOUND
+    return Action.FAIL
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date), if valid."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if math.isnan(seconds):
+        return None
+    return min(max(seconds, 0.0), _MAX_RETRY_AFTER)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """Bounds and backoff for retrying one batch.
+
+    policy = RetryPolicy(max_attempts=8, max_seconds=600)
+    delay = policy.backoff(attempt=3)   # uniform in [0, min(max, base * 2**3)]
+    """
+
+    max_attempts: int = 8
+    max_seconds: float = 600.0
+    base: float = 0.5
+    cap: float = 30.0
+    rng: Callable[[], float] = random.random
+
+    def backoff(self, attempt: int) -> float:
+        """Full-jitter delay before retry number ``attempt`` (1 = first retry)."""
+        ceiling = min(self.cap, self.base * 2.0 ** min(attempt, 32))
+        return ceiling * self.rng()
+
+    def gives_up(self, *, attempts: int, elapsed: float, wait: float) -> bool:
+        """Whether another try, after ``wait`` more seconds, would break the bounds."""
+        return attempts >= self.max_attempts or elapsed + wait > self.max_seconds
+
+
+class PauseGate:
+    """A pause every worker honours: after a 429, nobody sends until it lifts.
+
+    gate = PauseGate()
+    gate.pause(2.0)      # a worker got 429 with Retry-After: 2
+    await gate.wait()    # every worker, before each request
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._until = 0.0
+
+    def pause(self, seconds: float) -> None:
+        """Hold every request for ``seconds`` from now (an earlier end never shortens it)."""
+        self._until = max(self._until, self._clock() + seconds)
+
+    @property
+    def remaining(self) -> float:
+        """Seconds until requests may go again."""
+        return max(self._until - self._clock(), 0.0)
+
+    async def wait(self) -> None:
+        """Return once no pause is in force; a pause extended meanwhile is waited out too."""
+        while (left := self.remaining) > 0:  # noqa: ASYNC110 (a deadline that may move, not an event)
+            await anyio.sleep(left)

@@ -1,0 +1,160 @@
+"""The checkpoint journal: durability, recovery, fingerprints and locking."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ingest.checkpoint import CheckpointJournal, LineRanges, fingerprint, read_journal
+from ingest.errors import CheckpointError
+
+FP = {"input": {"size": 1}, "dataset_id": "ds", "dataset_version_id": None}
+
+
+def sending(seq: int, first: int, last: int) -> dict[str, Any]:
+    return {
+        "t": "sending",
+        "seq": seq,
+        "part": "",
+        "lines": [first, last],
+        "bytes": [first * 10, last * 10 + 10],
+        "rows": last - first + 1,
+    }
+
+
+def done(seq: int, first: int, last: int) -> dict[str, Any]:
+    return {
+        "t": "done",
+        "seq": seq,
+        "part": "",
+        "lines": [first, last],
+        "bytes": [first * 10, last * 10 + 10],
+        "rows": last - first + 1,
+        "example_ids": [f"e{i}" for i in range(first, last + 1)],
+    }
+
+
+async def write_records(path: Path, records: list[dict[str, Any]], fp: dict[str, Any] = FP) -> None:
+    journal, _ = CheckpointJournal.open(str(path), fp, rejects_path=str(path) + ".rej")
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(journal.run)
+            for rec in records:
+                await journal.write(rec)
+            journal.close()
+    finally:
+        journal.release()
+
+
+async def test_journal_reloads_done_and_in_flight(tmp_path: Path) -> None:
+    """After a stop, the journal says which batches were done and which were in flight."""
+    path = tmp_path / "ck"
+    await write_records(
+        path, [{"t": "start"}, sending(0, 1, 10), sending(1, 11, 20), done(0, 1, 10)]
+    )
+    state = read_journal(str(path))
+    assert state.delivered_rows == 10
+    assert state.next_seq == 2
+    assert [r["seq"] for r in state.in_flight] == [1]
+    assert state.covered.prefix() == (10, 110)
+
+
+async def test_torn_last_line_is_dropped(tmp_path: Path) -> None:
+    """A half-written last record (a crash mid-write) is ignored and cut off on open."""
+    path = tmp_path / "ck"
+    await write_records(path, [{"t": "start"}, sending(0, 1, 10), done(0, 1, 10)])
+    whole = path.read_bytes()
+    path.write_bytes(whole + orjson.dumps(done(1, 11, 20))[:30])
+    journal, state = CheckpointJournal.open(str(path), FP, rejects_path=str(tmp_path / "r"))
+    journal.release()
+    assert state.delivered_rows == 10
+    assert path.read_bytes() == whole
+
+
+async def test_corrupt_middle_line_is_refused(tmp_path: Path) -> None:
+    """A damaged record that is not the last one is an error naming the line."""
+    path = tmp_path / "ck"
+    await write_records(path, [{"t": "start"}, done(0, 1, 10)])
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(lines[0] + b"garbage\n" + b"".join(lines[1:]))
+    with pytest.raises(CheckpointError, match=r"ck:2: checkpoint is corrupt"):
+        CheckpointJournal.open(str(path), FP, rejects_path=str(tmp_path / "r"))
+
+
+async def test_checkpoint_of_another_run_is_refused_unless_restart(tmp_path: Path) -> None:
+    """Another dataset or input is refused with a clear message; --restart starts over."""
+    path = tmp_path / "ck"
+    await write_records(path, [{"t": "start"}, done(0, 1, 10)])
+    other = {**FP, "dataset_id": "other"}
+    with pytest.raises(CheckpointError, match="for dataset 'ds', not 'other'.*--restart"):
+        CheckpointJournal.open(str(path), other, rejects_path=str(tmp_path / "r"))
+    journal, state = CheckpointJournal.open(
+        str(path), other, rejects_path=str(tmp_path / "r"), restart=True
+    )
+    journal.release()
+    assert state.delivered_rows == 0
+    assert (tmp_path / "ck.bak").exists()
+    assert read_journal(str(path)).fingerprint == other
+
+
+async def test_checkpoint_in_use_is_refused(tmp_path: Path) -> None:
+    """A second run on a checkpoint that is held refuses to start."""
+    path = tmp_path / "ck"
+    first, _ = CheckpointJournal.open(str(path), FP, rejects_path=str(tmp_path / "r"))
+    try:
+        with pytest.raises(CheckpointError, match="in use"):
+            CheckpointJournal.open(str(path), FP, rejects_path=str(tmp_path / "r"))
+    finally:
+        first.release()
+
+
+async def test_rejects_go_to_the_rejects_file_once(tmp_path: Path) -> None:
+    """A rejected line lands in the rejects file, and a resumed run does not write it again."""
+    path, rejects = tmp_path / "ck", tmp_path / "rejects.jsonl"
+    record = {"t": "rejected", "line": 3, "bytes": [20, 30], "reason": "bad"}
+    line = orjson.dumps({"line": 3, "reason": "bad", "raw": "x"}) + b"\n"
+    for _ in range(2):
+        journal, _ = CheckpointJournal.open(str(path), FP, rejects_path=str(rejects))
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(journal.run)
+                await journal.write({"t": "start"})
+                await journal.reject(record, line)
+                journal.close()
+        finally:
+            journal.release()
+    assert rejects.read_bytes() == line
+    assert read_journal(str(path)).rejected_rows == 2  # both runs record it; the file has it once
+
+
+def test_fingerprint_follows_content_not_path(tmp_path: Path) -> None:
+    """The same bytes under another name match; changed bytes do not."""
+    (tmp_path / "a").write_bytes(b'{"a":1}\n' * 1000)
+    (tmp_path / "b").write_bytes(b'{"a":1}\n' * 1000)
+    (tmp_path / "c").write_bytes(b'{"a":2}\n' * 1000)
+    fa, fb, fc = (fingerprint(str(tmp_path / n), "ds", None) for n in "abc")
+    assert fa == fb
+    assert fa != fc
+
+
+@settings(deadline=None, max_examples=200)
+@given(st.lists(st.tuples(st.integers(1, 60), st.integers(0, 5)), max_size=20))
+def test_line_ranges_agree_with_a_plain_set(spans: list[tuple[int, int]]) -> None:
+    """The prefix, the merged ranges and the skipper all match a naive set of lines."""
+    ranges, lines = LineRanges(), set()
+    for first, length in spans:
+        ranges.add(first, first + length, first * 10, (first + length) * 10 + 10)
+        lines.update(range(first, first + length + 1))
+    prefix = 0
+    while prefix + 1 in lines:
+        prefix += 1
+    assert ranges.prefix()[0] == prefix
+    covered = ranges.skipper()
+    assert {n for n in range(1, 80) if covered(n)} == lines
+    assert {n for a, b in ranges.merged() for n in range(a, b + 1)} == lines

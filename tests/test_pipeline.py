@@ -1,0 +1,195 @@
+"""End to end through the library: every row once, rejects, retries, 429s, resume."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+
+import ingest
+from ingest.checkpoint import read_journal
+
+
+def write_rows(path: Path, n: int, *, extra: bytes = b"") -> list[bytes]:
+    """Write ``n`` varied rows (plus ``extra`` lines at the end); return the row lines."""
+    lines = []
+    for i in range(n):
+        row: dict[str, Any] = {"i": i, "question": f"What is {i} + {i}?", "answer": str(2 * i)}
+        if i % 7 == 0:
+            row["nested"] = {"tags": ["a", "b"], "score": i / 3, "ok": i % 2 == 0, "none": None}
+        line = orjson.dumps(row)
+        if i % 1000 == 1:
+            line = b'{"i": %d, "big": 12345678901234567890123, "one": 1.0, "esc": "\\u00e9\\t"}' % i
+        lines.append(line)
+    path.write_bytes(b"\n".join(lines) + b"\n" + extra)
+    return lines
+
+
+def settings(fake: Any, tmp_path: Path, **kw: Any) -> dict[str, Any]:
+    base = dict(
+        input=str(tmp_path / "rows.jsonl"),
+        dataset_id=fake.dataset_id,
+        base_url=fake.url,
+        batch_rows=250,
+        concurrency=4,
+        rate=0,
+        backoff_base=0.01,
+        backoff_max=0.05,
+    )
+    return {**base, **kw}
+
+
+def by_row(examples: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    out: dict[int, list[dict[str, Any]]] = {}
+    for ex in examples:
+        user = {k: v for k, v in ex.items() if k not in ("id", "created_at", "updated_at")}
+        out.setdefault(user["i"], []).append(user)
+    return out
+
+
+async def test_every_row_lands_once_as_written(fake: Any, tmp_path: Path) -> None:
+    """10,500 rows land exactly once, each equal to its line: same keys, order and values."""
+    lines = write_rows(tmp_path / "rows.jsonl", 10_500)
+    summary = await ingest.upload(api_key=fake.api_key, **settings(fake, tmp_path))
+    assert (summary.status, summary.exit_code) == ("complete", 0)
+    assert summary.rows_delivered == 10_500
+    stored = by_row(fake.state.examples(fake.dataset_id))
+    assert len(stored) == 10_500
+    for line in lines:
+        # stdlib json keeps big integers exact and 1.0 a float, so this compares values as written
+        expected = json.loads(line)
+        [got] = stored[expected["i"]]
+        assert list(got.items()) == list(expected.items())
+
+
+async def test_finished_run_rerun_sends_nothing(fake: Any, tmp_path: Path) -> None:
+    """Re-running a finished run sends no examples and ends as the first run did."""
+    write_rows(tmp_path / "rows.jsonl", 600)
+    first = await ingest.upload(api_key=fake.api_key, **settings(fake, tmp_path))
+    posts = fake.state.post_examples_requests
+    again = await ingest.upload(api_key=fake.api_key, **settings(fake, tmp_path))
+    assert fake.state.post_examples_requests == posts
+    assert (again.status, again.exit_code, again.total_delivered) == (
+        "already-complete",
+        first.exit_code,
+        600,
+    )
+    assert fake.state.example_count(fake.dataset_id) == 600
+
+
+async def test_bad_lines_are_rejected_and_good_rows_land(fake: Any, tmp_path: Path) -> None:
+    """Bad lines go to the rejects file with their line numbers; every good row lands."""
+    write_rows(tmp_path / "rows.jsonl", 1000, extra=b'oops\n{"id": 1}\n{}\n[1]\n')
+    rejects = tmp_path / "rejects.jsonl"
+    summary = await ingest.upload(
+        api_key=fake.api_key, **settings(fake, tmp_path, rejects=str(rejects))
+    )
+    assert (summary.exit_code, summary.rows_rejected, summary.rows_delivered) == (6, 4, 1000)
+    entries = [orjson.loads(line) for line in rejects.read_bytes().splitlines()]
+    assert [e["line"] for e in entries] == [1001, 1002, 1003, 1004]
+    assert entries[0]["raw"] == "oops" and entries[0]["reason"].startswith("not valid JSON")
+    assert fake.state.example_count(fake.dataset_id) == 1000
+
+
+async def test_wrong_key_fails_after_one_request(fake: Any, tmp_path: Path) -> None:
+    """A refused key stops the run after the preflight request, naming ARIZE_API_KEY."""
+    write_rows(tmp_path / "rows.jsonl", 100)
+    before = len(fake.state.requests)
+    with pytest.raises(ingest.AuthError, match="ARIZE_API_KEY") as info:
+        await ingest.upload(api_key="wrong", **settings(fake, tmp_path))
+    assert info.value.exit_code == 3
+    assert len(fake.state.requests) - before == 1
+
+
+async def test_unknown_dataset_fails_after_one_request(fake: Any, tmp_path: Path) -> None:
+    """A dataset id the server does not know stops the run, naming the id."""
+    write_rows(tmp_path / "rows.jsonl", 100)
+    before = len(fake.state.requests)
+    with pytest.raises(ingest.DatasetNotFoundError, match="bm9wZQ==") as info:
+        await ingest.upload(api_key=fake.api_key, **settings(fake, tmp_path, dataset_id="bm9wZQ=="))
+    assert info.value.exit_code == 4
+    assert len(fake.state.requests) - before == 1
+
+
+async def test_429_retry_after_pauses_every_worker(fake: Any, tmp_path: Path) -> None:
+    """After a 429 with Retry-After, no worker sends until the pause is over."""
+    write_rows(tmp_path / "rows.jsonl", 3000)
+    fake.state.faults.rate_limit = 20.0
+    fake.state.faults.retry_after = 0.4
+    summary = await ingest.upload(
+        api_key=fake.api_key, **settings(fake, tmp_path, batch_rows=100, concurrency=8)
+    )
+    fake.state.faults.rate_limit = None
+    assert summary.exit_code == 0 and summary.retries.get("429", 0) > 0
+    assert fake.state.example_count(fake.dataset_id) == 3000
+    log = [e for e in fake.state.requests if e.method == "POST"]
+    for entry in log:
+        if entry.status == 429:
+            # Requests already on the wire may land just after; none may start in the pause.
+            inside = [e for e in log if entry.time + 0.1 < e.time < entry.time + 0.35]
+            assert inside == [], f"{len(inside)} requests during a Retry-After pause"
+
+
+async def test_5xx_is_retried_and_unknown_outcomes_are_counted(fake: Any, tmp_path: Path) -> None:
+    """503s are retried; a 503 after commit is an unknown outcome that is resent and journaled."""
+    write_rows(tmp_path / "rows.jsonl", 2000)
+    fake.state.faults.fail_rate = 0.2
+    fake.state.faults.fail_after_commit_rate = 0.1
+    fake.state.faults.seed = 3
+    summary = await ingest.upload(
+        api_key=fake.api_key, **settings(fake, tmp_path, batch_rows=50, max_attempts=20)
+    )
+    assert summary.exit_code == 0
+    assert summary.retries.get("5xx", 0) > 0
+    assert summary.unknown_resent == summary.retries["5xx"]
+    rows = by_row(fake.state.examples(fake.dataset_id))
+    assert sorted(rows) == list(range(2000))  # at least once
+    state = read_journal(summary.checkpoint)
+    assert state.unknown_outcomes == summary.unknown_resent
+
+
+async def test_exhausted_retries_stop_and_a_rerun_resumes(fake: Any, tmp_path: Path) -> None:
+    """When retries run out the run stops resumably; the re-run delivers the rest, once."""
+    write_rows(tmp_path / "rows.jsonl", 1000)
+    fake.state.faults.fail_rate = 1.0
+    with pytest.raises(ingest.RetriesExhaustedError, match="re-run the same command") as info:
+        await ingest.upload(api_key=fake.api_key, **settings(fake, tmp_path, max_attempts=2))
+    assert info.value.exit_code == 5
+    fake.state.faults.fail_rate = 0.0
+    summary = await ingest.upload(api_key=fake.api_key, **settings(fake, tmp_path))
+    assert summary.exit_code == 0
+    assert sorted(by_row(fake.state.examples(fake.dataset_id))) == list(range(1000))
+    assert all(len(v) == 1 for v in by_row(fake.state.examples(fake.dataset_id)).values())
+
+
+async def test_stop_event_interrupts_and_the_rerun_finishes(fake: Any, tmp_path: Path) -> None:
+    """A stop ends the run as interrupted (130); a re-run with other batch sizes finishes once."""
+    write_rows(tmp_path / "rows.jsonl", 5000)
+    fake.state.faults.latency = 0.02
+    stop = anyio.Event()
+
+    async def stop_soon() -> None:
+        while fake.state.example_count(fake.dataset_id) < 500:
+            await anyio.sleep(0.01)
+        stop.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stop_soon)
+        first = await ingest.upload(
+            api_key=fake.api_key, stop=stop, **settings(fake, tmp_path, batch_rows=100)
+        )
+    assert (first.status, first.exit_code) == ("interrupted", 130)
+    assert first.rows_delivered < 5000
+    fake.state.faults.latency = 0.0
+    started = time.monotonic()
+    second = await ingest.upload(api_key=fake.api_key, **settings(fake, tmp_path, batch_rows=300))
+    assert second.exit_code == 0, time.monotonic() - started
+    assert second.rows_skipped == first.rows_delivered
+    rows = by_row(fake.state.examples(fake.dataset_id))
+    assert sorted(rows) == list(range(5000))
+    assert all(len(v) == 1 for v in rows.values())

@@ -1,0 +1,80 @@
+"""Retry policy: classification, Retry-After, backoff bounds and the shared pause."""
+
+from __future__ import annotations
+
+import email.utils
+
+import pytest
+
+from ingest.retry import Action, PauseGate, RetryPolicy, classify, parse_retry_after
+
+
+@pytest.mark.parametrize(
+    ("status", "action"),
+    [
+        (200, Action.DELIVERED),
+        (201, Action.DELIVERED),
+        (429, Action.RATE_LIMITED),
+        (408, Action.RETRY),
+        (425, Action.RETRY),
+        (500, Action.RETRY_UNKNOWN),
+        (503, Action.RETRY_UNKNOWN),
+        (504, Action.RETRY_UNKNOWN),
+        (400, Action.SPLIT),
+        (413, Action.SPLIT),
+        (422, Action.SPLIT),
+        (401, Action.AUTH),
+        (403, Action.AUTH),
+        (404, Action.NOT_FOUND),
+        (409, Action.FAIL),
+    ],
+)
+def test_each_status_maps_to_its_action(status: int, action: Action) -> None:
+    """5xx may hide a commit, 4xx on rows are split, auth and 404 stop the run."""
+    assert classify(status) is action
+
+
+def test_retry_after_reads_seconds_and_http_dates() -> None:
+    """Retry-After is read as seconds or as an HTTP date; garbage is ignored."""
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after("0.25") == 0.25
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon") is None
+    date = email.utils.formatdate(1_000_010, usegmt=True)
+    assert parse_retry_after(date, now=1_000_000) == pytest.approx(10.0)
+    assert parse_retry_after(email.utils.formatdate(999_990, usegmt=True), now=1_000_000) == 0.0
+
+
+def test_backoff_is_full_jitter_under_a_cap() -> None:
+    """Each delay is the jitter fraction of min(cap, base * 2**attempt)."""
+    top = RetryPolicy(base=0.5, cap=30.0, rng=lambda: 1.0)
+    assert [top.backoff(a) for a in (1, 2, 3, 10)] == [1.0, 2.0, 4.0, 30.0]
+    assert RetryPolicy(rng=lambda: 0.0).backoff(5) == 0.0
+
+
+def test_policy_gives_up_on_attempts_or_time() -> None:
+    """The bounds are attempts per batch and total seconds per batch."""
+    policy = RetryPolicy(max_attempts=3, max_seconds=10.0)
+    assert not policy.gives_up(attempts=2, elapsed=1.0, wait=1.0)
+    assert policy.gives_up(attempts=3, elapsed=1.0, wait=1.0)
+    assert policy.gives_up(attempts=1, elapsed=9.5, wait=1.0)
+
+
+def test_pause_gate_only_ever_extends() -> None:
+    """A later, shorter pause never cuts an earlier, longer one short."""
+    now = [100.0]
+    gate = PauseGate(clock=lambda: now[0])
+    gate.pause(5.0)
+    gate.pause(1.0)
+    assert gate.remaining == 5.0
+    now[0] = 104.0
+    assert gate.remaining == 1.0
+    now[0] = 106.0
+    assert gate.remaining == 0.0
+
+
+async def test_pause_gate_wait_returns_when_no_pause() -> None:
+    """With no pause in force, waiting costs nothing."""
+    gate = PauseGate()
+    await gate.wait()
+    assert gate.remaining == 0.0

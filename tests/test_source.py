@@ -1,0 +1,130 @@
+"""The JSONL source: streaming, validation, line numbers and resume positions."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import orjson
+import pytest
+
+from ingest.errors import SourceError
+from ingest.source import JsonlSource, Record, Reject
+
+
+def read_all(source: JsonlSource) -> list[Record | Reject]:
+    out: list[Record | Reject] = []
+    with source:
+        while chunk := source.read_chunk(max_lines=3):
+            out.extend(chunk)
+    return out
+
+
+def test_bad_lines_become_rejects_with_line_numbers(tmp_path: Path) -> None:
+    """Each kind of bad line is rejected with its line and reason; good lines pass."""
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(
+        b'{"ok": 1}\n'
+        b"not json\n"
+        b"[1, 2]\n"
+        b"{}\n"
+        b'{"id": 5, "q": "x"}\n'
+        b'{"source_record_id": 1}\n'
+        b'{"q": "\xff"}\n'
+        b"\n"
+        b'{"ok": 2}\r\n'
+    )
+    items = read_all(JsonlSource(str(path), max_row_bytes=1 << 20))
+    rejects = {i.line: i.reason for i in items if isinstance(i, Reject)}
+    assert [(i.line, i.raw) for i in items if isinstance(i, Record)] == [
+        (1, b'{"ok": 1}'),
+        (9, b'{"ok": 2}'),
+    ]
+    assert sorted(rejects) == [2, 3, 4, 5, 6, 7]
+    assert rejects[2].startswith("not valid JSON")
+    assert "not a JSON object" in rejects[3]
+    assert "empty object" in rejects[4]
+    assert "reserved field 'id'" in rejects[5]
+    assert "source_record_id" in rejects[6]
+    assert rejects[7] == "not valid UTF-8"
+
+
+def test_rows_are_sent_as_written(tmp_path: Path) -> None:
+    """Big integers, 1.0, key order and escapes are kept byte for byte."""
+    line = b'{"z": 12345678901234567890123, "a": 1.0, "e": "\\u00e9\\n"}'
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + line + b"\n")
+    [record] = read_all(JsonlSource(str(path), max_row_bytes=1 << 20))
+    assert isinstance(record, Record)
+    assert record.raw == line
+
+
+def test_oversized_row_is_rejected_with_its_size(tmp_path: Path) -> None:
+    """A row that cannot fit in batch_bytes alone is rejected, naming the limit."""
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"a": "' + b"x" * 2000 + b'"}\n{"b": 1}\n')
+    items = read_all(JsonlSource(str(path), max_row_bytes=1024))
+    assert isinstance(items[0], Reject) and "larger than batch_bytes" in items[0].reason
+    assert isinstance(items[1], Record)
+
+
+def test_offsets_allow_seeking_to_any_line(tmp_path: Path) -> None:
+    """Starting at a record's byte offset reads from exactly that line on."""
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"".join(orjson.dumps({"i": i}) + b"\n" for i in range(50)))
+    items = read_all(JsonlSource(str(path), max_row_bytes=1 << 20))
+    tenth = items[9]
+    resumed = read_all(
+        JsonlSource(str(path), max_row_bytes=1 << 20, start_line=10, start_offset=tenth.start)
+    )
+    assert resumed == items[9:]
+
+
+def test_gzip_input_resumes_by_reading_past(tmp_path: Path) -> None:
+    """A .gz input reads the same records, and resumes by line without seeking."""
+    rows = b"".join(orjson.dumps({"i": i}) + b"\n" for i in range(20))
+    (tmp_path / "in.jsonl").write_bytes(rows)
+    with gzip.open(tmp_path / "in.jsonl.gz", "wb") as f:
+        f.write(rows)
+    plain = read_all(JsonlSource(str(tmp_path / "in.jsonl"), max_row_bytes=1 << 20))
+    packed = read_all(JsonlSource(str(tmp_path / "in.jsonl.gz"), max_row_bytes=1 << 20))
+    assert packed == plain
+    resumed = read_all(
+        JsonlSource(
+            str(tmp_path / "in.jsonl.gz"),
+            max_row_bytes=1 << 20,
+            start_line=5,
+            start_offset=plain[4].start,
+        )
+    )
+    assert resumed == plain[4:]
+
+
+def test_skip_reads_but_does_not_return_done_lines(tmp_path: Path) -> None:
+    """Lines the checkpoint has as done are counted as skipped, not returned."""
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"".join(orjson.dumps({"i": i}) + b"\n" for i in range(10)))
+    source = JsonlSource(str(path), max_row_bytes=1 << 20, skip=lambda line: 3 <= line <= 7)
+    assert [i.line for i in read_all(source)] == [1, 2, 8, 9, 10]
+    assert source.skipped == 5
+
+
+def test_truncated_gzip_names_the_file_and_line(tmp_path: Path) -> None:
+    """A corrupt .gz stops the read with an error naming the file and the last line read."""
+    rows = b"".join(orjson.dumps({"i": i, "pad": "x" * 50}) + b"\n" for i in range(5000))
+    path = tmp_path / "in.jsonl.gz"
+    path.write_bytes(gzip.compress(rows)[:-5000])
+    with pytest.raises(SourceError, match=r"in\.jsonl\.gz:\d+"):
+        read_all(JsonlSource(str(path), max_row_bytes=1 << 20))
+
+
+def test_missing_input_is_a_source_error(tmp_path: Path) -> None:
+    """An input that cannot be opened names the path."""
+    with pytest.raises(SourceError, match="nope.jsonl"):
+        JsonlSource(str(tmp_path / "nope.jsonl"), max_row_bytes=1024)
+
+
+def test_reject_line_keeps_raw_bytes_even_when_not_utf8() -> None:
+    """The rejects file holds the raw line, base64 when it is not UTF-8."""
+    entry = orjson.loads(Reject(3, 10, 20, "not valid UTF-8", b"\xff\xfe").to_json())
+    assert entry == {"line": 3, "offset": 10, "reason": "not valid UTF-8", "raw_base64": "//4="}
