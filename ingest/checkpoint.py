@@ -188,9 +188,9 @@ def _mismatch(old: dict[str, Any], new: dict[str, Any]) -> str | None:
         return f"dataset {old.get('dataset_id')!r}, not {new['dataset_id']!r}"
     if old.get("dataset_version_id") != new["dataset_version_id"]:
         return f"dataset version {old.get('dataset_version_id')!r}"
+    if new["input"].get("stdin"):
+        return "an earlier run from stdin, which cannot be checked to be the same input"
     if old.get("input") != new["input"]:
-        if new["input"].get("stdin") or (old.get("input") or {}).get("stdin"):
-            return "another input (stdin cannot be resumed)"
         return "another input (its size or content differs)"
     return None
 

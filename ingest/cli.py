@@ -155,11 +155,17 @@ def _print_summary(summary: Summary, as_json: bool) -> None:
 
 async def _upload_with_signals(config: Any) -> Summary:
     stop = anyio.Event()
+    outcome: Summary | BaseException
     async with anyio.create_task_group() as tg:
         tg.start_soon(_watch_signals, stop)
-        summary = await upload(config, stop=stop, progress=True)
+        try:
+            outcome = await upload(config, stop=stop, progress=True)
+        except Exception as exc:  # raised below, outside the group, so it is not wrapped
+            outcome = exc
         tg.cancel_scope.cancel()
-    return summary
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
 
 
 async def _watch_signals(stop: anyio.Event) -> None:

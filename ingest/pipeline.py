@@ -149,16 +149,17 @@ class _Run:
                 dataset_version_id=self.config.dataset_version_id,
                 timeout=self.config.request_timeout,
             )
-            async with anyio.create_task_group() as outer:
-                outer.start_soon(self.journal.run)
-                try:
-                    await self.journal.write(self._start_record())
-                    await self._preflight(client)
-                    await self._stages(client)
-                except Exception as exc:
-                    failure = _first_ingest_error(exc)
-                finally:
-                    self.journal.close()
+            try:
+                async with anyio.create_task_group() as outer:
+                    outer.start_soon(self.journal.run)
+                    try:
+                        await self.journal.write(self._start_record())
+                        await self._preflight(client)
+                        await self._stages(client)
+                    finally:
+                        self.journal.close()
+            except Exception as exc:  # re-raised below, once the journal is flushed
+                failure = _first_ingest_error(exc)
         if failure is not None:
             if isinstance(failure, IngestError):
                 failure.summary = self.summary("failed", failure.exit_code, str(failure))

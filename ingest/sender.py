@@ -161,7 +161,7 @@ class Sender:
         Raises ``AuthError``, ``DatasetNotFoundError`` or ``DeliveryError`` on a refusal
         retrying cannot fix, and ``RetriesExhaustedError`` when the bounds run out.
         """
-        attempts = 0
+        attempts = throttled = 0
         started = self._clock()
         while True:
             await self._gate.wait()
@@ -179,8 +179,9 @@ class Sender:
                 self._stats.unknown_resent += 1
                 await on_unknown(cause)
             if action is Action.RATE_LIMITED:
+                throttled += 1
                 after = parse_retry_after(reply.retry_after if reply else None)
-                wait = after if after is not None else self._policy.backoff(attempts + 1)
+                wait = after if after is not None else self._policy.backoff(throttled)
                 self._gate.pause(wait)
             else:
                 attempts += 1

@@ -174,7 +174,7 @@ async def test_stop_event_interrupts_and_the_rerun_finishes(fake: Any, tmp_path:
     stop = anyio.Event()
 
     async def stop_soon() -> None:
-        while fake.state.example_count(fake.dataset_id) < 500:
+        while fake.state.example_count(fake.dataset_id) < 500:  # noqa: ASYNC110 (polls the server)
             await anyio.sleep(0.01)
         stop.set()
 

@@ -1,0 +1,85 @@
+"""`ingest fake-server`: run the fake Arize API until SIGTERM or SIGINT.
+
+On start it prints one line, `listening on http://HOST:PORT`, so that a test or
+`make demo` that asked for port 0 learns the port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+
+from ingest.fake.faults import Faults
+from ingest.fake.server import serve
+from ingest.fake.storage import FakeArize
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ingest fake-server",
+        description="Serve an in-memory, Arize-compatible datasets API for tests and demos.",
+    )
+    add = parser.add_argument
+    add("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    add("--port", type=int, required=True, help="port to bind; 0 picks a free one")
+    add("--api-key", help="the accepted bearer token (default: $ARIZE_API_KEY)")
+    add(
+        "--dataset",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="pre-create an empty dataset with exactly this id (repeatable)",
+    )
+    add("--latency", type=float, default=0.0, metavar="S", help="seconds added to each request")
+    add("--fail-rate", type=float, default=0.0, metavar="P", help="503 before storing")
+    add("--fail-after-commit-rate", type=float, default=0.0, metavar="P", help="503 after storing")
+    add("--rate-limit", type=float, metavar="RPS", help="requests/s allowed before 429")
+    add("--retry-after", type=float, metavar="S", help="Retry-After sent with each 429")
+    add("--max-body-bytes", type=int, metavar="N", help="larger bodies get HTTP 500")
+    add("--seed", type=int, help="seed for the fail-rate coin flips")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the fake server from command-line arguments; return the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    api_key = args.api_key or os.environ.get("ARIZE_API_KEY")
+    if not api_key:
+        parser.error("give --api-key or set ARIZE_API_KEY")
+    for rate in (args.fail_rate, args.fail_after_commit_rate):
+        if not 0.0 <= rate <= 1.0:
+            parser.error(f"fail rates are fractions from 0 to 1; got {rate}")
+    if args.rate_limit is not None and args.rate_limit <= 0:
+        parser.error("--rate-limit must be positive")
+    faults = Faults(
+        latency=args.latency,
+        fail_rate=args.fail_rate,
+        fail_after_commit_rate=args.fail_after_commit_rate,
+        rate_limit=args.rate_limit,
+        retry_after=args.retry_after,
+        max_body_bytes=args.max_body_bytes,
+        seed=args.seed,
+    )
+    state = FakeArize(api_key=api_key, faults=faults)
+    for dataset_id in args.dataset:
+        try:
+            state.create_dataset(dataset_id)
+        except ValueError as exc:
+            parser.error(str(exc))
+    asyncio.run(_serve_until_signalled(state, args.host, args.port))
+    return 0
+
+
+async def _serve_until_signalled(state: FakeArize, host: str, port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with serve(state, host=host, port=port) as url:
+        sys.stdout.write(f"listening on {url}\n")
+        sys.stdout.flush()
+        await stop.wait()

@@ -1,0 +1,103 @@
+"""Fault settings for the fake server and the token bucket behind its rate limit.
+
+`Faults` is mutable on purpose: a test can make the server slow, flaky or
+stingy in the middle of a run and watch the client cope.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Faults:
+    """What the fake server does wrong, read afresh on every request.
+
+    >>> faults = Faults(fail_rate=0.1, rate_limit=50.0, seed=7)
+    >>> faults.latency = 0.2  # takes effect on the next request
+    """
+
+    latency: float = 0.0
+    """Seconds added to every /v2 request."""
+    fail_rate: float = 0.0
+    """Fraction of POST examples answered 503 before storing: safe to retry."""
+    fail_after_commit_rate: float = 0.0
+    """Fraction of POST examples answered 503 after storing: a retry duplicates."""
+    rate_limit: float | None = None
+    """Requests per second allowed over all /v2 requests; beyond it, 429."""
+    retry_after: float | None = None
+    """Retry-After sent with a 429; None means the time until a token frees."""
+    max_body_bytes: int | None = None
+    """Bodies larger than this get HTTP 500, as Arize does with large bodies."""
+    seed: int | None = None
+    """Seed for the coin flips behind the fail rates."""
+
+
+class FaultDice:
+    """Coin flips for the fail rates.
+
+    The sequence restarts from the seed whenever `Faults.seed` changes or a
+    new `Faults` object is installed, so a test that sets faults gets the
+    same flips every time.
+    """
+
+    def __init__(self) -> None:
+        self._faults: Faults | None = None
+        self._seed: int | None = None
+        self._rng = random.Random()
+
+    def roll(self, faults: Faults, rate: float) -> bool:
+        """Return True with probability `rate`."""
+        if rate <= 0.0:
+            return False
+        if faults is not self._faults or faults.seed != self._seed:
+            self._faults, self._seed = faults, faults.seed
+            self._rng.seed(faults.seed)
+        return self._rng.random() < rate
+
+
+class TokenBucket:
+    """A token bucket that holds at most `max(1, rate)` tokens.
+
+    The rate is passed to every call rather than fixed at construction, because
+    a test may change `Faults.rate_limit` while the server runs. The clock is
+    injectable so tests of the bucket itself need not sleep.
+
+    >>> bucket = TokenBucket(clock=lambda: 0.0)
+    >>> bucket.take(1.0)
+    0.0
+    >>> bucket.take(1.0)  # empty: a token frees in one second
+    1.0
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._tokens: float | None = None
+        self._stamp = 0.0
+
+    def take(self, rate: float) -> float:
+        """Take a token; return 0.0 on success, else seconds until one frees."""
+        now = self._clock()
+        capacity = max(1.0, rate)
+        if self._tokens is None:
+            self._tokens = capacity
+        else:
+            self._tokens = min(capacity, self._tokens + (now - self._stamp) * rate)
+        self._stamp = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) / rate if rate > 0 else math.inf
+
+
+def retry_after_header(faults: Faults, wait: float) -> str:
+    """The Retry-After value: the configured one, else the wait rounded up (min 1)."""
+    if faults.retry_after is not None:
+        return f"{faults.retry_after:g}"
+    if math.isinf(wait):
+        return "60"
+    return str(max(1, math.ceil(wait)))

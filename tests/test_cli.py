@@ -1,0 +1,213 @@
+"""The `ingest` command as users run it: real subprocesses, a fake server in its own process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from fakeproc import fake_process
+
+from ingest.checkpoint import CheckpointJournal, fingerprint, read_journal
+
+KEY = "cli-test-key"
+DATASET = "RGF0YXNldDoxOmNsaS90ZXN0Kz0="  # holds "/" and "+" once decoded: must be encoded
+
+
+def write_rows(path: Path, n: int, extra: bytes = b"") -> None:
+    path.write_bytes(
+        b"".join(orjson.dumps({"i": i, "text": f"row {i} " + "x" * 40}) + b"\n" for i in range(n))
+        + extra
+    )
+
+
+def ingest_cmd(tmp_path: Path, url: str, *args: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "ingest",
+        "run",
+        "--input",
+        str(tmp_path / "rows.jsonl"),
+        "--dataset-id",
+        DATASET,
+        "--base-url",
+        url,
+        "--checkpoint",
+        str(tmp_path / "run.ckpt"),
+        "--rate",
+        "0",
+        *args,
+    ]
+
+
+def run_ingest(
+    cmd: list[str], key: str = KEY, timeout: float = 90
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ARIZE_API_KEY": key}
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def list_all(url: str, dataset: str) -> Iterator[dict[str, Any]]:
+    """Every example in the dataset, through the public list endpoint's pagination."""
+    cursor = None
+    path = f"{url}/v2/datasets/{urllib.parse.quote(dataset, safe='')}/examples"
+    while True:
+        query = {"limit": "500", **({"cursor": cursor} if cursor else {})}
+        req = urllib.request.Request(
+            f"{path}?{urllib.parse.urlencode(query)}", headers={"Authorization": f"Bearer {KEY}"}
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            page = orjson.loads(resp.read())
+        yield from page["examples"]
+        if not page["pagination"]["has_more"]:
+            return
+        cursor = page["pagination"]["next_cursor"]
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    with fake_process("--api-key", KEY, "--dataset", DATASET, "--latency", "0.01") as (url, _):
+        yield url
+
+
+def test_sigkill_mid_run_then_rerun_loses_nothing(server: str, tmp_path: Path) -> None:
+    """Killed and re-run, every row is there; only rows of batches journaled in flight repeat."""
+    rows = 20_000
+    write_rows(tmp_path / "rows.jsonl", rows)
+    cmd = ingest_cmd(tmp_path, server, "--batch-rows", "200", "--concurrency", "4")
+    proc = subprocess.Popen(
+        cmd,
+        env={**os.environ, "ARIZE_API_KEY": KEY},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            ckpt = tmp_path / "run.ckpt"
+            if ckpt.exists() and read_journal(str(ckpt)).done_batches >= 10:
+                break
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    state = read_journal(str(tmp_path / "run.ckpt"))
+    assert 0 < state.delivered_rows < rows, "the kill must land mid-run"
+    in_flight = {line for r in state.in_flight for line in range(r["lines"][0], r["lines"][1] + 1)}
+
+    again = run_ingest(cmd)
+    assert again.returncode == 0, again.stderr
+    counts = Counter(ex["i"] for ex in list_all(server, DATASET))
+    assert set(counts) == set(range(rows))
+    duplicated = {i for i, n in counts.items() if n > 1}
+    assert all(n == 2 for n in (counts[i] for i in duplicated))
+    assert {i + 1 for i in duplicated} <= in_flight  # line = i + 1
+
+
+def test_sigterm_finishes_in_flight_and_exits_130(server: str, tmp_path: Path) -> None:
+    """SIGTERM lets requests finish and exits 130; the re-run completes every row once."""
+    write_rows(tmp_path / "rows.jsonl", 20_000)
+    cmd = ingest_cmd(tmp_path, server, "--batch-rows", "100", "--concurrency", "2", "--json")
+    proc = subprocess.Popen(
+        cmd,
+        env={**os.environ, "ARIZE_API_KEY": KEY},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ckpt = tmp_path / "run.ckpt"
+        if ckpt.exists() and read_journal(str(ckpt)).done_batches >= 5:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    summary = orjson.loads(out)
+    assert summary["status"] == "interrupted"
+    assert read_journal(str(tmp_path / "run.ckpt")).in_flight == []  # in-flight ones finished
+
+    again = run_ingest(cmd)
+    assert again.returncode == 0, again.stderr
+    counts = Counter(ex["i"] for ex in list_all(server, DATASET))
+    assert set(counts) == set(range(20_000)) and set(counts.values()) == {1}
+
+
+def test_exit_codes_name_the_problem(server: str, tmp_path: Path) -> None:
+    """Missing input 2, refused key 3, unknown dataset 4, rejected rows 6: each says why."""
+    missing = run_ingest(ingest_cmd(tmp_path, server))
+    assert missing.returncode == 2 and "rows.jsonl: input file not found" in missing.stderr
+
+    write_rows(tmp_path / "rows.jsonl", 50, extra=b'{"time": 1}\n')
+    wrong_key = run_ingest(ingest_cmd(tmp_path, server), key="not-the-key")
+    assert wrong_key.returncode == 3 and "ARIZE_API_KEY" in wrong_key.stderr
+    assert "not-the-key" not in wrong_key.stderr + wrong_key.stdout
+
+    other = ingest_cmd(tmp_path, server, "--checkpoint", str(tmp_path / "other.ckpt"))
+    other[other.index("--dataset-id") + 1] = "bm8tc3VjaA=="
+    not_found = run_ingest(other)
+    assert not_found.returncode == 4 and "bm8tc3VjaA==" in not_found.stderr
+
+    rejected = run_ingest(ingest_cmd(tmp_path, server, "--json"))
+    assert rejected.returncode == 6, rejected.stderr
+    summary = orjson.loads(rejected.stdout)
+    assert (summary["rows_delivered"], summary["rows_rejected"]) == (50, 1)
+
+    rerun = run_ingest(ingest_cmd(tmp_path, server, "--json"))
+    assert rerun.returncode == 6
+    assert orjson.loads(rerun.stdout)["status"] == "already-complete"
+
+
+def test_checkpoint_in_use_and_of_another_input_are_refused(server: str, tmp_path: Path) -> None:
+    """A held checkpoint, or one made for other input, exits 2 with what to do."""
+    write_rows(tmp_path / "rows.jsonl", 10)
+    fp = fingerprint(str(tmp_path / "rows.jsonl"), DATASET, None)
+    held, _ = CheckpointJournal.open(str(tmp_path / "run.ckpt"), fp, rejects_path="unused")
+    try:
+        busy = run_ingest(ingest_cmd(tmp_path, server))
+    finally:
+        held.release()
+    assert busy.returncode == 2 and "in use" in busy.stderr
+
+    assert run_ingest(ingest_cmd(tmp_path, server)).returncode == 0
+    write_rows(tmp_path / "rows.jsonl", 11)
+    changed = run_ingest(ingest_cmd(tmp_path, server))
+    assert changed.returncode == 2 and "--restart" in changed.stderr
+    restarted = run_ingest(ingest_cmd(tmp_path, server, "--restart"))
+    assert restarted.returncode == 0, restarted.stderr
+
+
+def test_status_reports_the_checkpoint(server: str, tmp_path: Path) -> None:
+    """`ingest status` prints what a checkpoint has done, as text or JSON."""
+    write_rows(tmp_path / "rows.jsonl", 300)
+    assert run_ingest(ingest_cmd(tmp_path, server, "--batch-rows", "100")).returncode == 0
+    status = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ingest",
+            "status",
+            "--checkpoint",
+            str(tmp_path / "run.ckpt"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    report = orjson.loads(status.stdout)
+    assert (report["finished"], report["rows_delivered"], report["batches_done"]) == (True, 300, 3)
+    assert report["lines_done"] == [[1, 300]]
+    assert KEY not in (tmp_path / "run.ckpt").read_text()
