@@ -1,6 +1,6 @@
 """Batcher: groups records into batches the API accepts.
 
-Takes ``Record`` s in line order; gives out ``Batch`` es of at most
+Takes the rows of ``Chunk`` s in line order; gives out ``Batch`` es of at most
 ``batch_rows`` rows and ``batch_bytes`` of request body, numbered from
 ``first_seq``. The same records and settings always give the same batches.
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from ingest.source import ENVELOPE_BYTES, Record
+from ingest.source import ENVELOPE_BYTES, Chunk
 
 MAX_BATCH_ROWS = 1000  # the API's limit per request
 
@@ -130,16 +130,29 @@ class Batcher:
         """Rows waiting in the batch being filled."""
         return len(self._rows)
 
-    def add(self, record: Record) -> Batch | None:
-        """Add a record; return the batch it closed, if adding it would overflow one."""
-        full = None
-        size = body_size(len(self._rows) + 1, self._bytes + len(record.raw))
-        if self._rows and (len(self._rows) == self.batch_rows or size > self.batch_bytes):
-            full = self.flush()
-        self._rows.append(record.raw)
-        self._lines.append(record.line)
-        self._ends.append(record.end)
-        self._bytes += len(record.raw)
+    def extend(self, rows: list[bytes], lines: list[int], ends: list[int]) -> list[Batch]:
+        """Add rows (with their lines and end offsets); return the batches they filled."""
+        full: list[Batch] = []
+        cap_rows, cap_bytes = self.batch_rows, self.batch_bytes
+        mine_rows, mine_lines, mine_ends = self._rows, self._lines, self._ends
+        size = self._bytes
+        for i, raw in enumerate(rows):
+            count = len(mine_rows)
+            # The body holds a comma per row after the first, and the envelope.
+            if count and (
+                count == cap_rows or ENVELOPE_BYTES + size + len(raw) + count > cap_bytes
+            ):
+                self._bytes = size
+                batch = self.flush()
+                assert batch is not None
+                full.append(batch)
+                mine_rows, mine_lines, mine_ends = self._rows, self._lines, self._ends
+                size = 0
+            mine_rows.append(raw)
+            mine_lines.append(lines[i])
+            mine_ends.append(ends[i])
+            size += len(raw)
+        self._bytes = size
         return full
 
     def flush(self) -> Batch | None:
@@ -161,13 +174,12 @@ class Batcher:
         return batch
 
 
-def batch_records(
-    records: Iterable[Record], *, batch_rows: int, batch_bytes: int, first_seq: int = 0
+def batch_chunks(
+    chunks: Iterable[Chunk], *, batch_rows: int, batch_bytes: int, first_seq: int = 0
 ) -> Iterator[Batch]:
-    """All the batches ``records`` make, in order."""
+    """All the batches the rows of ``chunks`` make, in order."""
     batcher = Batcher(batch_rows=batch_rows, batch_bytes=batch_bytes, first_seq=first_seq)
-    for record in records:
-        if (batch := batcher.add(record)) is not None:
-            yield batch
+    for chunk in chunks:
+        yield from batcher.extend(chunk.rows, chunk.lines, chunk.ends)
     if (batch := batcher.flush()) is not None:
         yield batch

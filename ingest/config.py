@@ -137,7 +137,7 @@ def load_toml(path: str) -> dict[str, Any]:
     for key in _PATH_FIELDS:
         value = data.get(key)
         if isinstance(value, str) and value != "-" and not os.path.isabs(value):
-            data[key] = str(folder / value)
+            data[key] = os.path.normpath(folder / value)
     return data
 
 

@@ -1,6 +1,6 @@
 """Pipeline: wires the stages of one upload and runs them in one task group.
 
-    input ──► source ──list[Record]──► batcher ──Batch──► sender × N ──► journal
+    input ──► source ───Chunk────────► batcher ──Batch──► sender × N ──► journal
     (JSONL,   (thread:   bounded        (rows &    bounded   (limiter,      (writer task:
      .gz, -)  read and  stream, 4       bytes      stream    429 gate,      group commit,
               validate) chunks)         limits)              retries,       fsync off-loop)
@@ -34,7 +34,7 @@ from ingest.errors import ConfigError, DatasetNotFoundError, IngestError
 from ingest.report import Progress, RunStats, Summary, summarize
 from ingest.retry import Action, RetryPolicy
 from ingest.sender import Sender
-from ingest.source import JsonlSource, Record, Reject
+from ingest.source import Chunk, JsonlSource, Reject
 
 log = logging.getLogger("ingest")
 
@@ -251,7 +251,7 @@ class _Run:
         )
         limiter = AsyncLimiter(1, 1 / c.rate) if c.rate else None
         sender = self._sender(client.append, limiter)
-        chunks_tx, chunks_rx = anyio.create_memory_object_stream[list[Record]](4)
+        chunks_tx, chunks_rx = anyio.create_memory_object_stream[Chunk](4)
         batches_tx, batches_rx = anyio.create_memory_object_stream[Batch](1)
         batcher = Batcher(
             batch_rows=c.batch_rows,
@@ -299,23 +299,19 @@ class _Run:
         await anyio.sleep(self.config.shutdown_grace)
         stages.cancel()
 
-    async def _read(self, source: JsonlSource, out: ObjectSendStream[list[Record]]) -> None:
+    async def _read(self, source: JsonlSource, out: ObjectSendStream[Chunk]) -> None:
         async with out:
             while not self.stop.is_set():
-                items = await anyio.to_thread.run_sync(source.read_chunk, abandon_on_cancel=True)
-                if not items:
+                chunk = await anyio.to_thread.run_sync(source.read_chunk, abandon_on_cancel=True)
+                if not chunk:
                     self.exhausted = True
                     return
-                records: list[Record] = []
-                for item in items:
-                    if isinstance(item, Record):
-                        records.append(item)
-                    else:
-                        await self._reject(item)
-                self.stats.rows_read += len(items)
-                if records:
+                for reject in chunk.rejects:
+                    await self._reject(reject)
+                self.stats.rows_read += len(chunk)
+                if chunk.rows:
                     try:
-                        await out.send(records)
+                        await out.send(chunk)
                     except anyio.BrokenResourceError:
                         return
 
@@ -335,17 +331,16 @@ class _Run:
     async def _batch(
         self,
         batcher: Batcher,
-        chunks: ObjectReceiveStream[list[Record]],
+        chunks: ObjectReceiveStream[Chunk],
         out: ObjectSendStream[Batch],
     ) -> None:
         try:
             async with chunks, out:
-                async for records in chunks:
-                    for record in records:
-                        if (batch := batcher.add(record)) is not None:
-                            await out.send(batch)
-                if not self.stop.is_set() and (batch := batcher.flush()) is not None:
-                    await out.send(batch)
+                async for chunk in chunks:
+                    for batch in batcher.extend(chunk.rows, chunk.lines, chunk.ends):
+                        await out.send(batch)
+                if not self.stop.is_set() and (last := batcher.flush()) is not None:
+                    await out.send(last)
         except anyio.BrokenResourceError:
             pass  # the workers stopped (a stop request): queued rows stay unsent
 

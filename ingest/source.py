@@ -1,8 +1,10 @@
 """Source: reads JSONL (plain, ``.gz`` or ``-`` for stdin) a line at a time.
 
-Takes a path; gives out chunks of ``Record`` (a valid row, its line number, its
-byte span and its raw bytes) and ``Reject`` (a line that must not be sent, with
-the reason). Memory is bounded by one chunk, whatever the size of the file.
+Takes a path; gives out ``Chunk`` s: the valid rows of a stretch of lines (raw
+bytes, line numbers, end offsets, kept in parallel lists because a Python
+object per row costs more than reading and validating it) and the ``Reject`` s
+among them (a line that must not be sent, with the reason). Memory is bounded
+by one chunk, whatever the size of the file.
 
 A row is sent as the bytes the file holds, never re-serialized: a parse and
 dump would turn ``12345678901234567890123`` into a float (orjson does) and may
@@ -17,7 +19,7 @@ import io
 import sys
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 import orjson
@@ -30,16 +32,6 @@ RESERVED_PREFIX = "source_record_"
 # `{"examples":[` + `]}`: the envelope every batch body carries.
 ENVELOPE_BYTES = 15
 _WHITESPACE = b" \t\r\n"
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """A valid row: its raw JSON object bytes and where it sits in the input."""
-
-    line: int
-    start: int
-    end: int
-    raw: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,17 +54,26 @@ class Reject:
         return orjson.dumps(entry) + b"\n"
 
 
-Item = Record | Reject
+@dataclass(slots=True)
+class Chunk:
+    """The rows of a stretch of input, in line order, and the lines rejected in it."""
+
+    rows: list[bytes] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.rows) + len(self.rejects)
 
 
-def check_row(raw: bytes, *, max_row_bytes: int) -> str | None:
-    """Return why ``raw`` (a trimmed, non-empty line) cannot be sent, or None if it can."""
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        if "UTF-8" in str(exc):
-            return "not valid UTF-8"
-        return f"not valid JSON: {exc}"
+def _parse_error(exc: orjson.JSONDecodeError) -> str:
+    if "UTF-8" in str(exc):
+        return "not valid UTF-8"
+    return f"not valid JSON: {exc}"
+
+
+def _check_value(value: object, raw: bytes, max_row_bytes: int) -> str | None:
     if not isinstance(value, dict):
         return f"not a JSON object (found {type(value).__name__})"
     if not value:
@@ -131,7 +132,6 @@ class JsonlSource:
         self._offset = start_offset
         self._skip = skip
         self.skipped = 0
-        self.blank = 0
         try:
             self._position(start_line, start_offset)
         except BaseException:
@@ -156,38 +156,57 @@ class JsonlSource:
             self._line += 1
             self._offset += len(line)
 
-    def read_chunk(self, max_lines: int = 2048) -> list[Item]:
-        """Read until ``max_lines`` rows or rejects; an empty list means the input is exhausted."""
-        items: list[Item] = []
-        readline = self._file.readline
-        skip = self._skip
-        while len(items) < max_lines:
-            try:
+    def read_chunk(self, max_lines: int = 2048) -> Chunk:
+        """Read until ``max_lines`` rows or rejects; an empty chunk means the input is exhausted."""
+        chunk = Chunk()
+        rows, lines, ends, rejects = chunk.rows, chunk.lines, chunk.ends, chunk.rejects
+        readline, skip, loads = self._file.readline, self._skip, orjson.loads
+        limit = self.max_row_bytes - ENVELOPE_BYTES
+        number, offset = self._line, self._offset
+        try:
+            while len(rows) + len(rejects) < max_lines:
                 line = readline()
-            except (OSError, EOFError, zlib.error) as exc:
-                raise SourceError(
-                    f"cannot read past this line: {exc}", path=self.path, line=self._line
-                ) from exc
-            if not line:
-                break
-            self._line += 1
-            start = self._offset
-            self._offset += len(line)
-            if skip is not None and skip(self._line):
-                self.skipped += 1
-                continue
-            raw = line.strip(_WHITESPACE)
-            if self._line == 1 and raw.startswith(BOM):
-                raw = raw[len(BOM) :].strip(_WHITESPACE)
-            if not raw:
-                self.blank += 1
-                continue
-            reason = check_row(raw, max_row_bytes=self.max_row_bytes)
-            if reason is None:
-                items.append(Record(self._line, start, self._offset, raw))
-            else:
-                items.append(Reject(self._line, start, self._offset, reason, line.rstrip(b"\r\n")))
-        return items
+                if not line:
+                    break
+                number += 1
+                start = offset
+                offset += len(line)
+                if skip is not None and skip(number):
+                    self.skipped += 1
+                    continue
+                raw = line.strip(_WHITESPACE)
+                if number == 1 and raw.startswith(BOM):
+                    raw = raw[len(BOM) :].strip(_WHITESPACE)
+                if not raw:
+                    continue
+                reason: str | None
+                try:
+                    value = loads(raw)
+                except orjson.JSONDecodeError as exc:
+                    reason = _parse_error(exc)
+                else:
+                    # The common case is settled with C-level operations only.
+                    common = (
+                        type(value) is dict
+                        and value
+                        and RESERVED_FIELDS.isdisjoint(value)
+                        and b'"source_record_' not in raw
+                        and len(raw) <= limit
+                    )
+                    reason = None if common else _check_value(value, raw, self.max_row_bytes)
+                if reason is None:
+                    rows.append(raw)
+                    lines.append(number)
+                    ends.append(offset)
+                    continue
+                rejects.append(Reject(number, start, offset, reason, line.rstrip(b"\r\n")))
+        except (OSError, EOFError, zlib.error) as exc:
+            raise SourceError(
+                f"cannot read past this line: {exc}", path=self.path, line=number
+            ) from exc
+        finally:
+            self._line, self._offset = number, offset
+        return chunk
 
     @property
     def position(self) -> tuple[int, int]:

@@ -9,15 +9,23 @@ import orjson
 import pytest
 
 from ingest.errors import SourceError
-from ingest.source import JsonlSource, Record, Reject
+from ingest.source import JsonlSource, Reject
+
+Row = tuple[int, int, bytes]  # line, end offset, raw bytes
 
 
-def read_all(source: JsonlSource) -> list[Record | Reject]:
-    out: list[Record | Reject] = []
+def read_all(source: JsonlSource) -> list[Row | Reject]:
+    """Rows and rejects in line order, read three lines a chunk."""
+    out: list[Row | Reject] = []
     with source:
         while chunk := source.read_chunk(max_lines=3):
-            out.extend(chunk)
-    return out
+            out.extend(zip(chunk.lines, chunk.ends, chunk.rows, strict=True))
+            out.extend(chunk.rejects)
+    return sorted(out, key=line_of)
+
+
+def line_of(item: Row | Reject) -> int:
+    return item.line if isinstance(item, Reject) else item[0]
 
 
 def test_bad_lines_become_rejects_with_line_numbers(tmp_path: Path) -> None:
@@ -36,7 +44,7 @@ def test_bad_lines_become_rejects_with_line_numbers(tmp_path: Path) -> None:
     )
     items = read_all(JsonlSource(str(path), max_row_bytes=1 << 20))
     rejects = {i.line: i.reason for i in items if isinstance(i, Reject)}
-    assert [(i.line, i.raw) for i in items if isinstance(i, Record)] == [
+    assert [(i[0], i[2]) for i in items if not isinstance(i, Reject)] == [
         (1, b'{"ok": 1}'),
         (9, b'{"ok": 2}'),
     ]
@@ -55,8 +63,8 @@ def test_rows_are_sent_as_written(tmp_path: Path) -> None:
     path = tmp_path / "in.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + line + b"\n")
     [record] = read_all(JsonlSource(str(path), max_row_bytes=1 << 20))
-    assert isinstance(record, Record)
-    assert record.raw == line
+    assert not isinstance(record, Reject)
+    assert record[2] == line
 
 
 def test_oversized_row_is_rejected_with_its_size(tmp_path: Path) -> None:
@@ -65,7 +73,7 @@ def test_oversized_row_is_rejected_with_its_size(tmp_path: Path) -> None:
     path.write_bytes(b'{"a": "' + b"x" * 2000 + b'"}\n{"b": 1}\n')
     items = read_all(JsonlSource(str(path), max_row_bytes=1024))
     assert isinstance(items[0], Reject) and "larger than batch_bytes" in items[0].reason
-    assert isinstance(items[1], Record)
+    assert items[1] == (2, len(path.read_bytes()), b'{"b": 1}')
 
 
 def test_offsets_allow_seeking_to_any_line(tmp_path: Path) -> None:
@@ -73,9 +81,10 @@ def test_offsets_allow_seeking_to_any_line(tmp_path: Path) -> None:
     path = tmp_path / "in.jsonl"
     path.write_bytes(b"".join(orjson.dumps({"i": i}) + b"\n" for i in range(50)))
     items = read_all(JsonlSource(str(path), max_row_bytes=1 << 20))
-    tenth = items[9]
+    ninth = items[8]
+    assert not isinstance(ninth, Reject)
     resumed = read_all(
-        JsonlSource(str(path), max_row_bytes=1 << 20, start_line=10, start_offset=tenth.start)
+        JsonlSource(str(path), max_row_bytes=1 << 20, start_line=10, start_offset=ninth[1])
     )
     assert resumed == items[9:]
 
@@ -89,12 +98,14 @@ def test_gzip_input_resumes_by_reading_past(tmp_path: Path) -> None:
     plain = read_all(JsonlSource(str(tmp_path / "in.jsonl"), max_row_bytes=1 << 20))
     packed = read_all(JsonlSource(str(tmp_path / "in.jsonl.gz"), max_row_bytes=1 << 20))
     assert packed == plain
+    fourth = plain[3]
+    assert not isinstance(fourth, Reject)
     resumed = read_all(
         JsonlSource(
             str(tmp_path / "in.jsonl.gz"),
             max_row_bytes=1 << 20,
             start_line=5,
-            start_offset=plain[4].start,
+            start_offset=fourth[1],
         )
     )
     assert resumed == plain[4:]
@@ -105,7 +116,7 @@ def test_skip_reads_but_does_not_return_done_lines(tmp_path: Path) -> None:
     path = tmp_path / "in.jsonl"
     path.write_bytes(b"".join(orjson.dumps({"i": i}) + b"\n" for i in range(10)))
     source = JsonlSource(str(path), max_row_bytes=1 << 20, skip=lambda line: 3 <= line <= 7)
-    assert [i.line for i in read_all(source)] == [1, 2, 8, 9, 10]
+    assert [line_of(i) for i in read_all(source)] == [1, 2, 8, 9, 10]
     assert source.skipped == 5
 
 
