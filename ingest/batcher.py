@@ -11,8 +11,10 @@ ranges in the checkpoint leave no gaps and a resumed run can seek past them.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import accumulate
 
 from ingest.source import ENVELOPE_BYTES, Chunk
 
@@ -133,26 +135,28 @@ class Batcher:
     def extend(self, rows: list[bytes], lines: list[int], ends: list[int]) -> list[Batch]:
         """Add rows (with their lines and end offsets); return the batches they filled."""
         full: list[Batch] = []
-        cap_rows, cap_bytes = self.batch_rows, self.batch_bytes
-        mine_rows, mine_lines, mine_ends = self._rows, self._lines, self._ends
-        size = self._bytes
-        for i, raw in enumerate(rows):
-            count = len(mine_rows)
-            # The body holds a comma per row after the first, and the envelope.
-            if count and (
-                count == cap_rows or ENVELOPE_BYTES + size + len(raw) + count > cap_bytes
-            ):
-                self._bytes = size
+        i, n = 0, len(rows)
+        while i < n:
+            held = len(self._rows)
+            take = rows[i : i + self.batch_rows - held]
+            # Bytes of the body so far: envelope, rows, and a comma between rows.
+            used = ENVELOPE_BYTES + self._bytes + held - 1
+            sizes = list(map(len, take))
+            if used + sum(sizes) + len(take) <= self.batch_bytes:
+                fit = len(take)  # the common case: the row limit binds first
+            else:
+                # Each row adds its bytes and a comma; the first must go in an empty batch.
+                limits = [total + k for k, total in enumerate(accumulate(sizes), start=1)]
+                fit = max(bisect_right(limits, self.batch_bytes - used), 0 if held else 1)
+            self._rows.extend(take[:fit])
+            self._lines.extend(lines[i : i + fit])
+            self._ends.extend(ends[i : i + fit])
+            self._bytes += sum(sizes[:fit])
+            i += fit
+            if fit < len(take) or len(self._rows) == self.batch_rows:
                 batch = self.flush()
                 assert batch is not None
                 full.append(batch)
-                mine_rows, mine_lines, mine_ends = self._rows, self._lines, self._ends
-                size = 0
-            mine_rows.append(raw)
-            mine_lines.append(lines[i])
-            mine_ends.append(ends[i])
-            size += len(raw)
-        self._bytes = size
         return full
 
     def flush(self) -> Batch | None:
