@@ -79,7 +79,7 @@ class Sender:
                     return
 
     async def deliver(self, batch: Batch) -> None:
-        """Deliver one batch (halving it if the server refuses a row in it)."""
+        """Deliver one batch, halving it while the server refuses rows in it or its size."""
         await self._journal.write(
             {
                 "t": "sending",
@@ -97,9 +97,7 @@ class Sender:
             self._stats.batches += 1
         elif len(batch.rows) > 1:
             self._stats.retries["split"] += 1
-            log.info(
-                "%s refused (%s); halving it to find the bad rows", batch.name, reply.problem()
-            )
+            log.info("%s refused (%s); halving it", batch.name, reply.problem())
             for half in batch.split():
                 await self.deliver(half)
         else:
@@ -147,7 +145,12 @@ class Sender:
                 durable=False,
             )
 
-        return await self.call(lambda: self._append(body), batch.name, on_unknown=unknown)
+        return await self.call(
+            lambda: self._append(body),
+            batch.name,
+            on_unknown=unknown,
+            split_after_500s=2 if len(batch.rows) > 1 else None,
+        )
 
     async def call(
         self,
@@ -155,13 +158,17 @@ class Sender:
         what: str,
         *,
         on_unknown: Callable[[str], Awaitable[None]] | None = None,
+        split_after_500s: int | None = None,
     ) -> Reply:
         """Make ``request`` until it answers 2xx or refuses the rows, within the retry bounds.
+
+        With ``split_after_500s``, that many HTTP 500s in a row return the reply so the
+        caller halves the batch: Arize answers 500 to bodies it finds too large.
 
         Raises ``AuthError``, ``DatasetNotFoundError`` or ``DeliveryError`` on a refusal
         retrying cannot fix, and ``RetriesExhaustedError`` when the bounds run out.
         """
-        attempts = throttled = 0
+        attempts = throttled = fives = 0
         started = self._clock()
         while True:
             await self._gate.wait()
@@ -178,6 +185,10 @@ class Sender:
             if action is Action.RETRY_UNKNOWN and on_unknown is not None:
                 self._stats.unknown_resent += 1
                 await on_unknown(cause)
+            fives = fives + 1 if reply is not None and reply.status == 500 else 0
+            if split_after_500s is not None and fives >= split_after_500s:
+                assert reply is not None
+                return reply
             if action is Action.RATE_LIMITED:
                 throttled += 1
                 after = parse_retry_after(reply.retry_after if reply else None)

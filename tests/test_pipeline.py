@@ -193,3 +193,33 @@ async def test_stop_event_interrupts_and_the_rerun_finishes(fake: Any, tmp_path:
     rows = by_row(fake.state.examples(fake.dataset_id))
     assert sorted(rows) == list(range(5000))
     assert all(len(v) == 1 for v in rows.values())
+
+
+async def test_bisection_isolates_a_poison_row(fake: Any, tmp_path: Path) -> None:
+    """A row the server refuses is isolated by halving; every other row lands once."""
+    lines = write_rows(tmp_path / "rows.jsonl", 1000)
+    lines[637] = b'{"i": 637, "poison": true}'
+    (tmp_path / "rows.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    fake.state.faults.refuse_field = "poison"
+    rejects = tmp_path / "rejects.jsonl"
+    summary = await ingest.upload(
+        api_key=fake.api_key, **settings(fake, tmp_path, batch_rows=500, rejects=str(rejects))
+    )
+    assert (summary.exit_code, summary.rows_delivered, summary.rows_rejected) == (6, 999, 1)
+    [entry] = [orjson.loads(line) for line in rejects.read_bytes().splitlines()]
+    assert entry["line"] == 638 and entry["raw"] == '{"i": 637, "poison": true}'
+    assert "field `poison` is refused" in entry["reason"]
+    rows = by_row(fake.state.examples(fake.dataset_id))
+    assert sorted(rows) == [i for i in range(1000) if i != 637]
+    assert all(len(v) == 1 for v in rows.values())
+    assert summary.retries["split"] <= 2 * 9  # about log2(500) halvings per refusing batch
+
+
+async def test_500_on_large_bodies_halves_the_batch(fake: Any, tmp_path: Path) -> None:
+    """Repeated HTTP 500s (Arize's answer to big bodies) halve the batch until it fits."""
+    write_rows(tmp_path / "rows.jsonl", 2000)
+    fake.state.faults.max_body_bytes = 20_000
+    summary = await ingest.upload(api_key=fake.api_key, **settings(fake, tmp_path, batch_rows=1000))
+    assert summary.exit_code == 0 and summary.retries["split"] > 0
+    rows = by_row(fake.state.examples(fake.dataset_id))
+    assert sorted(rows) == list(range(2000)) and all(len(v) == 1 for v in rows.values())

@@ -247,6 +247,10 @@ async def _insert_examples(request: web.Request) -> web.Response:
     version = _version(dataset, request.query.get("dataset_version_id"))
     body = Body(raw)
     examples = example_list(body)
+    if faults.refuse_field is not None:
+        for index, example in enumerate(examples):
+            if faults.refuse_field in example:
+                raise Problem(422, f"examples[{index}]: field `{faults.refuse_field}` is refused")
     example_ids = state.append(dataset, version, encode_examples(body, examples))
     if state.dice.roll(faults, faults.fail_after_commit_rate):
         raise Problem(503, "service temporarily unavailable")

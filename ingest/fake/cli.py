@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--rate-limit", type=float, metavar="RPS", help="requests/s allowed before 429")
     add("--retry-after", type=float, metavar="S", help="Retry-After sent with each 429")
     add("--max-body-bytes", type=int, metavar="N", help="larger bodies get HTTP 500")
+    add("--refuse-field", metavar="NAME", help="422 for any example with this field")
     add("--seed", type=int, help="seed for the fail-rate coin flips")
     return parser
 
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         rate_limit=args.rate_limit,
         retry_after=args.retry_after,
         max_body_bytes=args.max_body_bytes,
+        refuse_field=args.refuse_field,
         seed=args.seed,
     )
     state = FakeArize(api_key=api_key, faults=faults)

@@ -33,6 +33,9 @@ class Faults:
     """Retry-After sent with a 429; None means the time until a token frees."""
     max_body_bytes: int | None = None
     """Bodies larger than this get HTTP 500, as Arize does with large bodies."""
+    refuse_field: str | None = None
+    """Examples carrying this top-level field are refused with 422, as the real API
+    refuses values the client cannot know are bad: a poison row for bisection."""
     seed: int | None = None
     """Seed for the coin flips behind the fail rates."""
 
