@@ -115,6 +115,33 @@ def main() -> None:
                 rss = max(m for _, m in runs)
                 print(f"  {name:7} best {ROWS / best[name]:>10,.0f} rows/s   peak RSS {rss} MiB")
             print(f"  ingest / bare throughput: {best['bare'] / best['ingest']:.2f}")
+            big = Path(tmp) / "big.jsonl"
+            write_sample(big, 5 * ROWS)
+            _, big_rss = timed(
+                [
+                    sys.executable,
+                    "-m",
+                    "ingest",
+                    "run",
+                    "--input",
+                    str(big),
+                    "--dataset-id",
+                    datasets[-1],
+                    "--base-url",
+                    url,
+                    "--rate",
+                    "0",
+                    "-q",
+                    "--checkpoint",
+                    str(Path(tmp) / "big.ckpt"),
+                ]
+            )
+            assert held(url, datasets[-1]) == 5 * ROWS
+            small_rss = max(m for _, m in results["ingest"])
+            print(
+                f"  ingest peak RSS: {small_rss} MiB at {ROWS:,} rows, "
+                f"{big_rss} MiB at {5 * ROWS:,} rows (x{big_rss / small_rss:.2f})"
+            )
     finally:
         server.terminate()
         server.wait(timeout=30)

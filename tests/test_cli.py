@@ -211,3 +211,38 @@ def test_status_reports_the_checkpoint(server: str, tmp_path: Path) -> None:
     assert (report["finished"], report["rows_delivered"], report["batches_done"]) == (True, 300, 3)
     assert report["lines_done"] == [[1, 300]]
     assert KEY not in (tmp_path / "run.ckpt").read_text()
+
+
+def test_second_ctrl_c_exits_at_once_and_resume_still_works(tmp_path: Path) -> None:
+    """A second SIGINT leaves at once with 130; the re-run still ends with every row present."""
+    rows = 5000
+    write_rows(tmp_path / "rows.jsonl", rows)
+    with fake_process("--api-key", KEY, "--dataset", DATASET, "--latency", "0.3") as (url, _):
+        cmd = ingest_cmd(tmp_path, url, "--batch-rows", "100", "--concurrency", "4")
+        proc = subprocess.Popen(
+            cmd,
+            env={**os.environ, "ARIZE_API_KEY": KEY},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ckpt = tmp_path / "run.ckpt"
+            if ckpt.exists() and read_journal(str(ckpt)).done_batches >= 4:
+                break
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, err
+        assert "stopped at once" in err  # the immediate exit, not the graceful one
+        state = read_journal(str(tmp_path / "run.ckpt"))
+        in_flight = {n for r in state.in_flight for n in range(r["lines"][0], r["lines"][1] + 1)}
+
+        again = run_ingest(ingest_cmd(tmp_path, url, "--batch-rows", "100", "--concurrency", "8"))
+        assert again.returncode == 0, again.stderr
+        counts = Counter(ex["i"] for ex in list_all(url, DATASET))
+    assert set(counts) == set(range(rows))
+    assert {i + 1 for i, n in counts.items() if n > 1} <= in_flight
