@@ -246,3 +246,18 @@ def test_second_ctrl_c_exits_at_once_and_resume_still_works(tmp_path: Path) -> N
         counts = Counter(ex["i"] for ex in list_all(url, DATASET))
     assert set(counts) == set(range(rows))
     assert {i + 1 for i, n in counts.items() if n > 1} <= in_flight
+
+
+def test_stdin_input_uploads_and_is_not_silently_resumed(server: str, tmp_path: Path) -> None:
+    """`--input -` reads stdin; a second stdin run on its checkpoint is refused, not guessed."""
+    write_rows(tmp_path / "rows.jsonl", 700)
+    data = (tmp_path / "rows.jsonl").read_bytes()
+    cmd = ingest_cmd(tmp_path, server)
+    cmd[cmd.index("--input") + 1] = "-"
+    env = {**os.environ, "ARIZE_API_KEY": KEY}
+    first = subprocess.run(cmd, input=data, env=env, capture_output=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    second = subprocess.run(cmd, input=data, env=env, capture_output=True, timeout=60)
+    assert second.returncode == 2 and b"stdin" in second.stderr
+    counts = Counter(ex["i"] for ex in list_all(server, DATASET))
+    assert set(counts) == set(range(700)) and set(counts.values()) == {1}

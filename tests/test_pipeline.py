@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import time
 from pathlib import Path
@@ -223,3 +224,25 @@ async def test_500_on_large_bodies_halves_the_batch(fake: Any, tmp_path: Path) -
     assert summary.exit_code == 0 and summary.retries["split"] > 0
     rows = by_row(fake.state.examples(fake.dataset_id))
     assert sorted(rows) == list(range(2000)) and all(len(v) == 1 for v in rows.values())
+
+
+async def test_unknown_version_fails_before_any_row_is_sent(fake: Any, tmp_path: Path) -> None:
+    """A dataset_version_id the dataset does not have stops the run with exit code 4."""
+    write_rows(tmp_path / "rows.jsonl", 10)
+    with pytest.raises(ingest.DatasetNotFoundError, match="no version 'bm8='"):
+        await ingest.upload(
+            api_key=fake.api_key, **settings(fake, tmp_path, dataset_version_id="bm8=")
+        )
+    assert fake.state.post_examples_requests == 0
+
+
+async def test_gzip_input_lands_every_row(fake: Any, tmp_path: Path) -> None:
+    """A .gz input is read through and every row lands once."""
+    write_rows(tmp_path / "rows.jsonl", 1200)
+    with gzip.open(tmp_path / "rows.jsonl.gz", "wb") as f:
+        f.write((tmp_path / "rows.jsonl").read_bytes())
+    summary = await ingest.upload(
+        api_key=fake.api_key, **settings(fake, tmp_path, input=str(tmp_path / "rows.jsonl.gz"))
+    )
+    assert summary.exit_code == 0
+    assert sorted(by_row(fake.state.examples(fake.dataset_id))) == list(range(1200))
