@@ -337,6 +337,8 @@ class _Run:
         try:
             async with chunks, out:
                 async for chunk in chunks:
+                    if self.stop.is_set():
+                        return
                     for batch in batcher.extend(chunk.rows, chunk.lines, chunk.ends):
                         await out.send(batch)
                 if not self.stop.is_set() and (last := batcher.flush()) is not None:

@@ -73,10 +73,10 @@ class Sender:
         """Deliver batches until the stream ends or a stop is asked for."""
         async with batches:
             async for batch in batches:
+                if stopping.is_set():
+                    return  # a queued batch is not in flight: leave it for the resumed run
                 await self.deliver(batch)
                 self.resolved += 1
-                if stopping.is_set():
-                    return
 
     async def deliver(self, batch: Batch) -> None:
         """Deliver one batch, halving it while the server refuses rows in it or its size."""
