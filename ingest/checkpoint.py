@@ -7,6 +7,7 @@ a run starts, what is already done. One JSON object per line:
     {"t": "start", "attempt": 2, ...}                  each time a run starts or resumes
     {"t": "rejected", "line": 7, "bytes": [s, e], "reason": "..."}
     {"t": "sending", "seq": 3, "part": "", "lines": [a, b], "bytes": [s, e], "rows": n}
+    {"t": "split", "seq": 3, "part": ""}          refused whole; its halves ("0", "1") follow
     {"t": "unknown", "seq": 3, "part": "", "cause": "HTTP 503"}   maybe committed; resent
     {"t": "done", "seq": 3, "part": "", "lines": [a, b], "bytes": [s, e], "rows": n,
      "example_ids": [...]}
@@ -141,6 +142,8 @@ class JournalState:
         elif kind == "sending":
             sending[(rec["seq"], rec["part"])] = rec
             self.next_seq = max(self.next_seq, rec["seq"] + 1)
+        elif kind == "split":
+            sending.pop((rec["seq"], rec["part"]), None)
         elif kind == "unknown":
             self.unknown_outcomes += 1
         elif kind == "done":
@@ -237,7 +240,7 @@ class CheckpointJournal:
                 "(or pass --checkpoint for a separate run)"
             ) from None
         try:
-            state = cls._load(fd, path, fp, restart)
+            state = cls._load(fd, path, fp, restart, rejects_path)
         except BaseException:
             os.close(fd)
             raise
@@ -247,7 +250,9 @@ class CheckpointJournal:
         return journal, state
 
     @staticmethod
-    def _load(fd: int, path: str, fp: dict[str, Any], restart: bool) -> JournalState:
+    def _load(
+        fd: int, path: str, fp: dict[str, Any], restart: bool, rejects_path: str
+    ) -> JournalState:
         size = os.fstat(fd).st_size
         data = os.pread(fd, size, 0) if size else b""
         state, good = parse_journal(data, path) if data else (JournalState(), 0)
@@ -267,6 +272,9 @@ class CheckpointJournal:
             os.pwrite(fd, orjson.dumps(header) + b"\n", 0)
             os.fsync(fd)
             _fsync_dir(path)
+            # Rejects left by another run would pass for this one's: set them aside.
+            if os.path.exists(rejects_path):
+                os.replace(rejects_path, rejects_path + ".bak")
         elif good < size:
             os.ftruncate(fd, good)
             os.fsync(fd)
@@ -277,12 +285,14 @@ class CheckpointJournal:
         """Append ``record``; if ``durable``, return once it (and all before it) is fsynced."""
         await self._append(orjson.dumps(record) + b"\n", None, durable)
 
-    async def reject(self, record: dict[str, Any], rejects_line: bytes) -> None:
+    async def reject(
+        self, record: dict[str, Any], rejects_line: bytes, *, durable: bool = False
+    ) -> None:
         """Record a rejected line: first in the rejects file, then in the journal."""
         if record["line"] in self._already_rejected:
             # A crash fell between the rejects file and the journal: the line is there already.
             rejects_line = b""
-        await self._append(orjson.dumps(record) + b"\n", rejects_line, durable=False)
+        await self._append(orjson.dumps(record) + b"\n", rejects_line, durable)
 
     async def _append(self, line: bytes, rejects_line: bytes | None, durable: bool) -> None:
         if self._error is not None:
@@ -297,35 +307,38 @@ class CheckpointJournal:
             if self._error is not None:
                 raise self._error
 
-    async def flush(self) -> None:
-        """Return once everything written so far is durable."""
-        if self._buf or self._rejects:
-            committed = self._committed
-            self._has_work.set()
-            await committed.wait()
-        if self._error is not None:
-            raise self._error
-
     async def run(self) -> None:
-        """The writer task: commit what has been written, in groups, until closed."""
-        while True:
-            if not self._buf and not self._rejects:
-                if self._closing:
-                    return
-                await self._has_work.wait()
-                self._has_work = anyio.Event()
-                continue
-            buf, rejects, committed = self._buf, self._rejects, self._committed
-            self._buf, self._rejects, self._committed = [], [], anyio.Event()
-            try:
+        """The writer task: commit what has been written, in groups, until closed.
+
+        Cancelling it does not lose a record already written: what is buffered is
+        committed first, shielded.
+        """
+        try:
+            while True:
+                if not self._buf and not self._rejects:
+                    if self._closing:
+                        return
+                    await self._has_work.wait()
+                    self._has_work = anyio.Event()
+                    continue
+                await self._commit_buffered()
+        finally:
+            if (self._buf or self._rejects) and self._error is None:
+                await self._commit_buffered()
+
+    async def _commit_buffered(self) -> None:
+        buf, rejects, committed = self._buf, self._rejects, self._committed
+        self._buf, self._rejects, self._committed = [], [], anyio.Event()
+        try:
+            with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._commit, b"".join(rejects), b"".join(buf))
-            except OSError as exc:
-                self._error = CheckpointError(
-                    f"{self.path}: cannot write checkpoint: {exc}; free the disk or fix "
-                    "permissions, then re-run the same command to resume"
-                )
-                committed.set()
-                raise self._error from exc
+        except OSError as exc:
+            self._error = CheckpointError(
+                f"{self.path}: cannot write checkpoint: {exc}; free the disk or fix "
+                "permissions, then re-run the same command to resume"
+            )
+            raise self._error from exc
+        finally:
             committed.set()
 
     def _commit(self, rejects: bytes, records: bytes) -> None:

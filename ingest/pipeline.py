@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -152,14 +153,18 @@ class _Run:
             try:
                 async with anyio.create_task_group() as outer:
                     outer.start_soon(self.journal.run)
+                    # Errors are caught in here, not outside: leaving the group with one
+                    # would cancel the writer before it commits what is buffered.
                     try:
                         await self.journal.write(self._start_record())
-                        await self._preflight(client)
-                        await self._stages(client)
+                        if await self._until_stop(lambda: self._preflight(client), grace=0.0):
+                            await self._stages(client)
+                    except Exception as exc:
+                        failure = _first_ingest_error(exc)
                     finally:
                         self.journal.close()
-            except Exception as exc:  # re-raised below, once the journal is flushed
-                failure = _first_ingest_error(exc)
+            except Exception as exc:  # the writer failed: the checkpoint cannot be trusted
+                failure = failure or _first_ingest_error(exc)
         if failure is not None:
             if isinstance(failure, IngestError):
                 failure.summary = self.summary("failed", failure.exit_code, str(failure))
@@ -260,17 +265,20 @@ class _Run:
             first_line=start_line + 1,
             start=start_offset,
         )
+
+        async def run_stages() -> None:
+            async with anyio.create_task_group() as stages:
+                stages.start_soon(self._read, source, chunks_tx)
+                stages.start_soon(self._batch, batcher, chunks_rx, batches_tx)
+                async with batches_rx:
+                    for _ in range(c.concurrency):
+                        stages.start_soon(sender.work, batches_rx.clone(), self.stop)
+
         try:
             async with anyio.create_task_group() as side:
                 if self.progress:
                     side.start_soon(Progress(self.stats).run)
-                async with anyio.create_task_group() as stages:
-                    side.start_soon(self._grace, stages.cancel_scope)
-                    stages.start_soon(self._read, source, chunks_tx)
-                    stages.start_soon(self._batch, batcher, chunks_rx, batches_tx)
-                    async with batches_rx:
-                        for _ in range(c.concurrency):
-                            stages.start_soon(sender.work, batches_rx.clone(), self.stop)
+                await self._until_stop(run_stages, grace=c.shutdown_grace)
                 side.cancel_scope.cancel()
         finally:
             source.close()
@@ -289,15 +297,30 @@ class _Run:
                 }
             )
 
-    async def _grace(self, stages: anyio.CancelScope) -> None:
-        """After a stop request, give in-flight requests ``shutdown_grace`` seconds, then cancel."""
-        await self.stop.wait()
-        log.warning(
-            "stopping: no new batches; waiting up to %.0fs for requests in flight",
-            self.config.shutdown_grace,
-        )
-        await anyio.sleep(self.config.shutdown_grace)
-        stages.cancel()
+    async def _until_stop(self, work: Callable[[], Awaitable[None]], *, grace: float) -> bool:
+        """Run ``work``; after a stop request give it ``grace`` seconds, then cancel it.
+
+        Returns False when ``work`` was cut short.
+        """
+        cut = False
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                nonlocal cut
+                await self.stop.wait()
+                if grace:
+                    log.warning(
+                        "stopping: no new batches; waiting up to %.0fs for requests in flight",
+                        grace,
+                    )
+                    await anyio.sleep(grace)
+                cut = True
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(watch)
+            await work()
+            tg.cancel_scope.cancel()
+        return not cut
 
     async def _read(self, source: JsonlSource, out: ObjectSendStream[Chunk]) -> None:
         async with out:
@@ -307,7 +330,8 @@ class _Run:
                     self.exhausted = True
                     return
                 for reject in chunk.rejects:
-                    await self._reject(reject)
+                    # The last one waits for the disk, so bad lines cannot pile up in memory.
+                    await self._reject(reject, durable=reject is chunk.rejects[-1])
                 self.stats.rows_read += len(chunk)
                 if chunk.rows:
                     try:
@@ -315,7 +339,7 @@ class _Run:
                     except anyio.BrokenResourceError:
                         return
 
-    async def _reject(self, item: Reject) -> None:
+    async def _reject(self, item: Reject, *, durable: bool) -> None:
         log.debug("line %d rejected: %s", item.line, item.reason)
         self.stats.rows_rejected += 1
         await self.journal.reject(
@@ -326,6 +350,7 @@ class _Run:
                 "reason": item.reason,
             },
             item.to_json(),
+            durable=durable,
         )
 
     async def _batch(

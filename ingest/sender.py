@@ -98,6 +98,10 @@ class Sender:
         elif len(batch.rows) > 1:
             self._stats.retries["split"] += 1
             log.info("%s refused (%s); halving it", batch.name, reply.problem())
+            # The whole is settled: from here on its halves are what is in flight.
+            await self._journal.write(
+                {"t": "split", "seq": batch.seq, "part": batch.part}, durable=False
+            )
             for half in batch.split():
                 await self.deliver(half)
         else:
@@ -171,9 +175,7 @@ class Sender:
         attempts = throttled = fives = 0
         started = self._clock()
         while True:
-            await self._gate.wait()
-            if self._limiter is not None:
-                await self._limiter.acquire()
+            await self._ready()
             self._stats.requests += 1
             reply, action, cause = await self._attempt(request)
             if action in (Action.DELIVERED, Action.SPLIT):
@@ -200,14 +202,24 @@ class Sender:
             elapsed = self._clock() - started
             if self._policy.gives_up(attempts=attempts, elapsed=elapsed, wait=wait):
                 raise RetriesExhaustedError(
-                    f"{what} did not succeed after {attempts} attempts in "
-                    f"{elapsed:.0f}s (last: {cause}); the checkpoint is saved, re-run the "
-                    "same command to resume"
+                    f"{what} did not succeed after {attempts} attempts in {elapsed:.0f}s "
+                    f"(last: {cause}, next wait {wait:.0f}s); the checkpoint is saved, "
+                    "re-run the same command to resume"
                 )
             self._stats.retries[_bucket(cause)] += 1
             log.debug("%s: %s; retrying in %.2fs", what, cause, wait)
             if action is not Action.RATE_LIMITED:
                 await anyio.sleep(wait)
+
+    async def _ready(self) -> None:
+        """Wait for the 429 pause to lift and for a slot from the rate limiter."""
+        while True:
+            await self._gate.wait()
+            if self._limiter is not None:
+                await self._limiter.acquire()
+            # A 429 may have paused everyone while this worker queued for its slot.
+            if self._gate.remaining == 0:
+                return
 
     async def _attempt(
         self, request: Callable[[], Awaitable[Reply]]

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 import ingest
-from ingest.checkpoint import read_journal
+from ingest.checkpoint import CheckpointJournal, read_journal
 
 
 def write_rows(path: Path, n: int, *, extra: bytes = b"") -> list[bytes]:
@@ -117,17 +117,19 @@ async def test_unknown_dataset_fails_after_one_request(fake: Any, tmp_path: Path
     assert len(fake.state.requests) - before == 1
 
 
-async def test_429_retry_after_pauses_every_worker(fake: Any, tmp_path: Path) -> None:
-    """After a 429 with Retry-After, no worker sends until the pause is over."""
-    write_rows(tmp_path / "rows.jsonl", 3000)
-    fake.state.faults.rate_limit = 20.0
+@pytest.mark.parametrize("rate", [0, 25])
+async def test_429_retry_after_pauses_every_worker(fake: Any, tmp_path: Path, rate: int) -> None:
+    """After a 429 with Retry-After no worker sends until it is over, with or without --rate."""
+    write_rows(tmp_path / "rows.jsonl", 2000)
+    fake.state.faults.rate_limit = 10.0
     fake.state.faults.retry_after = 0.4
     summary = await ingest.upload(
-        api_key=fake.api_key, **settings(fake, tmp_path, batch_rows=100, concurrency=8)
+        api_key=fake.api_key,
+        **settings(fake, tmp_path, batch_rows=100, concurrency=8, rate=rate),
     )
     fake.state.faults.rate_limit = None
     assert summary.exit_code == 0 and summary.retries.get("429", 0) > 0
-    assert fake.state.example_count(fake.dataset_id) == 3000
+    assert fake.state.example_count(fake.dataset_id) == 2000
     log = [e for e in fake.state.requests if e.method == "POST"]
     for entry in log:
         if entry.status == 429:
@@ -214,6 +216,7 @@ async def test_bisection_isolates_a_poison_row(fake: Any, tmp_path: Path) -> Non
     assert sorted(rows) == [i for i in range(1000) if i != 637]
     assert all(len(v) == 1 for v in rows.values())
     assert summary.retries["split"] <= 2 * 9  # about log2(500) halvings per refusing batch
+    assert read_journal(summary.checkpoint).in_flight == []  # halved wholes are not in flight
 
 
 async def test_500_on_large_bodies_halves_the_batch(fake: Any, tmp_path: Path) -> None:
@@ -246,3 +249,59 @@ async def test_gzip_input_lands_every_row(fake: Any, tmp_path: Path) -> None:
     )
     assert summary.exit_code == 0
     assert sorted(by_row(fake.state.examples(fake.dataset_id))) == list(range(1200))
+
+
+async def test_a_failed_run_keeps_every_done_record(
+    fake: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When one batch fails for good, batches other workers delivered stay journaled as done."""
+    lines = [orjson.dumps({"i": i, "q": f"row {i}"}) for i in range(6000)]
+    lines[3000] = orjson.dumps({"i": 3000, "pad": "x" * 5000})  # always 500: too big
+    (tmp_path / "rows.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    commit = CheckpointJournal._commit
+
+    def slow_disk(self: CheckpointJournal, rejects: bytes, records: bytes) -> None:
+        time.sleep(0.03)  # a busy disk widens the window where records wait in memory
+        commit(self, rejects, records)
+
+    monkeypatch.setattr(CheckpointJournal, "_commit", slow_disk)
+    fake.state.faults.max_body_bytes = 4000
+    run = settings(fake, tmp_path, batch_rows=20, concurrency=8, max_attempts=3)
+    with pytest.raises(ingest.RetriesExhaustedError) as info:
+        await ingest.upload(api_key=fake.api_key, **run)
+    state = read_journal(info.value.summary.checkpoint)
+    assert state.delivered_rows == fake.state.example_count(fake.dataset_id)
+
+
+async def test_stop_during_preflight_interrupts(fake: Any, tmp_path: Path) -> None:
+    """A stop while the preflight is still retrying ends the run as interrupted, not failed."""
+    write_rows(tmp_path / "rows.jsonl", 10)
+    fake.state.faults.latency = 2.0  # every request times out
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_set_after, stop, 0.3)
+        summary = await ingest.upload(
+            api_key=fake.api_key,
+            stop=stop,
+            **settings(fake, tmp_path, request_timeout=0.2, max_attempts=50, shutdown_grace=0.5),
+        )
+    assert (summary.status, summary.exit_code) == ("interrupted", 130)
+    assert fake.state.post_examples_requests == 0
+
+
+async def _set_after(event: anyio.Event, seconds: float) -> None:
+    await anyio.sleep(seconds)
+    event.set()
+
+
+async def test_restart_sets_the_old_rejects_aside(fake: Any, tmp_path: Path) -> None:
+    """A fresh checkpoint starts a fresh rejects file; the old one is kept as .bak."""
+    (tmp_path / "rows.jsonl").write_bytes(b'{"a":1}\nOLD-BAD\n')
+    rejects = tmp_path / "rejects.jsonl"
+    run = settings(fake, tmp_path, rejects=str(rejects))
+    first = await ingest.upload(api_key=fake.api_key, **run)
+    (tmp_path / "rows.jsonl").write_bytes(b'{"b":1}\nNEW-BAD\n{"b":3}\n')
+    again = await ingest.upload(api_key=fake.api_key, restart=True, **run)
+    assert (first.exit_code, again.exit_code) == (6, 6)
+    assert [orjson.loads(x)["raw"] for x in rejects.read_bytes().splitlines()] == ["NEW-BAD"]
+    assert b"OLD-BAD" in (tmp_path / "rejects.jsonl.bak").read_bytes()
