@@ -42,6 +42,7 @@ log = logging.getLogger("ingest")
 EXIT_OK = 0
 EXIT_REJECTS = 6
 EXIT_INTERRUPTED = 130
+_REJECTS_SHOWN = 5  # bad lines named on stderr; all of them go to the rejects file
 
 
 async def upload(
@@ -340,8 +341,11 @@ class _Run:
                         return
 
     async def _reject(self, item: Reject, *, durable: bool) -> None:
-        log.debug("line %d rejected: %s", item.line, item.reason)
         self.stats.rows_rejected += 1
+        if self.stats.rows_rejected <= _REJECTS_SHOWN:
+            log.warning("%s:%d: rejected: %s", self.config.input, item.line, item.reason)
+            if self.stats.rows_rejected == _REJECTS_SHOWN:
+                log.warning("further rejects go only to %s", self.config.rejects_path)
         await self.journal.reject(
             {
                 "t": "rejected",

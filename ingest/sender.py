@@ -123,6 +123,7 @@ class Sender:
             )
             await self._done(batch, 0, [])
             self._stats.rows_rejected += 1
+            log.warning("line %d rejected: %s", reject.line, reject.reason)
 
     async def _done(self, batch: Batch, rows: int, example_ids: list[Any]) -> None:
         await self._journal.write(
