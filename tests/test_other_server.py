@@ -1,0 +1,93 @@
+"""Against a server that is Arize-compatible but not our fake: the client assumes nothing more.
+
+This server makes other lawful choices than ``ingest.fake``: 200 instead of 201,
+ids that are not UUIDs, no ``versions`` in the dataset, a 429 whose
+``Retry-After`` is an HTTP date, and 502s with an HTML body from a "proxy".
+"""
+
+from __future__ import annotations
+
+import email.utils
+import itertools
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pytest
+from aiohttp import web
+
+import ingest
+
+KEY = "other-key"
+DATASET = "b3RoZXI6c2VydmVyLzE="
+
+
+class OtherServer:
+    """Counts the rows it stores; fails in its own ways, on a fixed schedule."""
+
+    def __init__(self) -> None:
+        self.rows: Counter[int] = Counter()
+        self.posts = itertools.count(1)
+        self.ids = itertools.count(10_000)
+
+    async def get_dataset(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {KEY}":
+            return web.json_response({"error": "unauthorized"}, status=401)
+        return web.json_response({"id": request.match_info["id"], "name": "other"})
+
+    async def append(self, request: web.Request) -> web.Response:
+        n = next(self.posts)
+        if n in (3, 4):
+            later = email.utils.formatdate(time.time() + 1, usegmt=True)
+            return web.Response(status=429, headers={"Retry-After": later})
+        if n % 5 == 0:
+            return web.Response(
+                status=502, text="<html>Bad Gateway</html>", content_type="text/html"
+            )
+        examples = orjson.loads(await request.read())["examples"]
+        self.rows.update(example["i"] for example in examples)
+        ids = [f"ex-{next(self.ids)}" for _ in examples]
+        return web.json_response({"id": DATASET, "example_ids": ids}, status=200)
+
+
+@pytest.fixture
+async def other() -> AsyncIterator[tuple[str, OtherServer]]:
+    server = OtherServer()
+    app = web.Application(client_max_size=64 << 20)
+    app.router.add_get("/v2/datasets/{id}", server.get_dataset)
+    app.router.add_post("/v2/datasets/{id}/examples", server.append)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}", server
+    finally:
+        await runner.cleanup()
+
+
+async def test_100k_rows_land_once_on_another_compatible_server(
+    other: tuple[str, OtherServer], tmp_path: Path
+) -> None:
+    """100,000 rows land exactly once on a server that answers 200, 429 with a date, and 502s."""
+    url, server = other
+    rows = 100_000
+    (tmp_path / "rows.jsonl").write_bytes(
+        b"".join(orjson.dumps({"i": i, "q": f"question {i}"}) + b"\n" for i in range(rows))
+    )
+    summary = await ingest.upload(
+        api_key=KEY,
+        input=str(tmp_path / "rows.jsonl"),
+        dataset_id=DATASET,
+        base_url=url,
+        batch_rows=1000,
+        rate=0,
+        backoff_base=0.01,
+        backoff_max=0.05,
+    )
+    assert (summary.exit_code, summary.rows_delivered) == (0, rows)
+    assert summary.retries["429"] > 0 and summary.retries["5xx"] > 0
+    assert set(server.rows) == set(range(rows)) and set(server.rows.values()) == {1}
