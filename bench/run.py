@@ -65,6 +65,14 @@ def timed(cmd: list[str]) -> tuple[float, int]:
     return elapsed, usage.ru_maxrss // 1024
 
 
+def ingest_cmd(sample: Path, url: str, dataset: str, checkpoint: Path) -> list[str]:
+    """`ingest run` as a user would type it, unthrottled."""
+    return [
+        sys.executable, "-m", "ingest", "run", "--input", str(sample), "--dataset-id", dataset,
+        "--base-url", url, "--rate", "0", "-q", "--checkpoint", str(checkpoint),
+    ]  # fmt: skip
+
+
 def held(url: str, dataset: str) -> int:
     with urllib.request.urlopen(f"{url}/_fake/stats", timeout=30) as resp:
         return int(orjson.loads(resp.read())["datasets"].get(dataset, 0))
@@ -86,25 +94,7 @@ def main() -> None:
                     )
                 )
                 results["ingest"].append(
-                    timed(
-                        [
-                            sys.executable,
-                            "-m",
-                            "ingest",
-                            "run",
-                            "--input",
-                            str(sample),
-                            "--dataset-id",
-                            ingest_ds,
-                            "--base-url",
-                            url,
-                            "--rate",
-                            "0",
-                            "-q",
-                            "--checkpoint",
-                            str(Path(tmp) / f"r{r}.ckpt"),
-                        ]
-                    )
+                    timed(ingest_cmd(sample, url, ingest_ds, Path(tmp) / f"r{r}.ckpt"))
                 )
                 for ds in (bare_ds, ingest_ds):
                     assert held(url, ds) == ROWS, f"{ds} holds {held(url, ds)} rows, not {ROWS}"
@@ -117,25 +107,7 @@ def main() -> None:
             print(f"  ingest / bare throughput: {best['bare'] / best['ingest']:.2f}")
             big = Path(tmp) / "big.jsonl"
             write_sample(big, 5 * ROWS)
-            _, big_rss = timed(
-                [
-                    sys.executable,
-                    "-m",
-                    "ingest",
-                    "run",
-                    "--input",
-                    str(big),
-                    "--dataset-id",
-                    datasets[-1],
-                    "--base-url",
-                    url,
-                    "--rate",
-                    "0",
-                    "-q",
-                    "--checkpoint",
-                    str(Path(tmp) / "big.ckpt"),
-                ]
-            )
+            _, big_rss = timed(ingest_cmd(big, url, datasets[-1], Path(tmp) / "big.ckpt"))
             assert held(url, datasets[-1]) == 5 * ROWS
             small_rss = max(m for _, m in results["ingest"])
             print(

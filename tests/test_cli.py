@@ -75,6 +75,24 @@ def list_all(url: str, dataset: str) -> Iterator[dict[str, Any]]:
         cursor = page["pagination"]["next_cursor"]
 
 
+def start_until_done(cmd: list[str], tmp_path: Path, batches: int) -> subprocess.Popen[str]:
+    """Start ``cmd`` and return once its journal has ``batches`` done batches."""
+    proc = subprocess.Popen(
+        cmd,
+        env={**os.environ, "ARIZE_API_KEY": KEY},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    ckpt = tmp_path / "run.ckpt"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ckpt.exists() and read_journal(str(ckpt)).done_batches >= batches:
+            break
+        time.sleep(0.02)
+    return proc
+
+
 @pytest.fixture
 def server() -> Iterator[str]:
     with fake_process("--api-key", KEY, "--dataset", DATASET, "--latency", "0.01") as (url, _):
@@ -86,22 +104,9 @@ def test_sigkill_mid_run_then_rerun_loses_nothing(server: str, tmp_path: Path) -
     rows = 20_000
     write_rows(tmp_path / "rows.jsonl", rows)
     cmd = ingest_cmd(tmp_path, server, "--batch-rows", "200", "--concurrency", "4")
-    proc = subprocess.Popen(
-        cmd,
-        env={**os.environ, "ARIZE_API_KEY": KEY},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    try:
-        while time.monotonic() < deadline:
-            ckpt = tmp_path / "run.ckpt"
-            if ckpt.exists() and read_journal(str(ckpt)).done_batches >= 10:
-                break
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
+    proc = start_until_done(cmd, tmp_path, batches=10)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
     state = read_journal(str(tmp_path / "run.ckpt"))
     assert 0 < state.delivered_rows < rows, "the kill must land mid-run"
     in_flight = {line for r in state.in_flight for line in range(r["lines"][0], r["lines"][1] + 1)}
@@ -119,19 +124,7 @@ def test_sigterm_finishes_in_flight_and_exits_130(server: str, tmp_path: Path) -
     """SIGTERM lets requests finish and exits 130; the re-run completes every row once."""
     write_rows(tmp_path / "rows.jsonl", 20_000)
     cmd = ingest_cmd(tmp_path, server, "--batch-rows", "100", "--concurrency", "2", "--json")
-    proc = subprocess.Popen(
-        cmd,
-        env={**os.environ, "ARIZE_API_KEY": KEY},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ckpt = tmp_path / "run.ckpt"
-        if ckpt.exists() and read_journal(str(ckpt)).done_batches >= 5:
-            break
-        time.sleep(0.02)
+    proc = start_until_done(cmd, tmp_path, batches=5)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -219,19 +212,7 @@ def test_second_ctrl_c_exits_at_once_and_resume_still_works(tmp_path: Path) -> N
     write_rows(tmp_path / "rows.jsonl", rows)
     with fake_process("--api-key", KEY, "--dataset", DATASET, "--latency", "0.3") as (url, _):
         cmd = ingest_cmd(tmp_path, url, "--batch-rows", "100", "--concurrency", "4")
-        proc = subprocess.Popen(
-            cmd,
-            env={**os.environ, "ARIZE_API_KEY": KEY},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            ckpt = tmp_path / "run.ckpt"
-            if ckpt.exists() and read_journal(str(ckpt)).done_batches >= 4:
-                break
-            time.sleep(0.02)
+        proc = start_until_done(cmd, tmp_path, batches=4)
         proc.send_signal(signal.SIGINT)
         time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
