@@ -230,7 +230,10 @@ class CheckpointJournal:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise CheckpointError(f"{path}: cannot open checkpoint: {exc.strerror}") from exc
+            raise CheckpointError(
+                f"{path}: cannot open checkpoint: {exc.strerror}; pass --checkpoint PATH "
+                "(and --rejects PATH) somewhere writable"
+            ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -48,7 +48,9 @@ class RunConfig:
     max_retry_seconds: float = 600.0  # per batch, from its first attempt
     backoff_base: float = 0.5
     backoff_max: float = 30.0
-    shutdown_grace: float = 30.0  # on Ctrl-C / SIGTERM: how long in-flight requests may finish
+    # On Ctrl-C / SIGTERM: how long in-flight requests may finish. Under Kubernetes'
+    # default 30 s termination grace, with room left to flush the journal.
+    shutdown_grace: float = 20.0
     restart: bool = False  # discard a checkpoint of another run (kept as <checkpoint>.bak)
 
     def __post_init__(self) -> None:

@@ -82,7 +82,8 @@ async def upload(
 def _open_checkpoint(config: RunConfig) -> tuple[CheckpointJournal, JournalState]:
     """Fingerprint the input and take its checkpoint (blocking: run in a thread)."""
     if config.input != "-" and not os.path.isfile(config.input):
-        raise ConfigError(f"{config.input}: input file not found")
+        what = "is not a file" if os.path.exists(config.input) else "input file not found"
+        raise ConfigError(f"{config.input}: {what}")
     fp = fingerprint(config.input, config.dataset_id, config.dataset_version_id)
     return CheckpointJournal.open(
         config.checkpoint_path, fp, rejects_path=config.rejects_path, restart=config.restart
