@@ -31,7 +31,7 @@ from ingest.batcher import Batch, Batcher
 from ingest.checkpoint import CheckpointJournal, JournalState, fingerprint
 from ingest.client import DatasetsClient, Reply
 from ingest.config import API_KEY_ENV, RunConfig
-from ingest.errors import ConfigError, DatasetNotFoundError, IngestError
+from ingest.errors import ConfigError, DatasetNotFoundError, IngestError, SourceError
 from ingest.report import Progress, RunStats, Summary, summarize
 from ingest.retry import Action, RetryPolicy
 from ingest.sender import Sender
@@ -106,7 +106,9 @@ class _Run:
         self.api_key = api_key
         self.journal = journal
         self.state = state
-        self.stop = stop
+        self.requested_stop = stop  # the caller's; ours below is also set by a failure
+        self.stop = anyio.Event()
+        self.failure: IngestError | None = None
         self.progress = progress
         self.stats = RunStats(rows_skipped=state.delivered_rows + state.rejected_rows)
         self.exhausted = False
@@ -161,6 +163,8 @@ class _Run:
                         await self.journal.write(self._start_record())
                         if await self._until_stop(lambda: self._preflight(client), grace=0.0):
                             await self._stages(client)
+                        if self.failure is not None:
+                            raise self.failure
                     except Exception as exc:
                         failure = _first_ingest_error(exc)
                     finally:
@@ -274,7 +278,7 @@ class _Run:
                 stages.start_soon(self._batch, batcher, chunks_rx, batches_tx)
                 async with batches_rx:
                     for _ in range(c.concurrency):
-                        stages.start_soon(sender.work, batches_rx.clone(), self.stop)
+                        stages.start_soon(sender.work, batches_rx.clone(), self.stop, self._fail)
 
         try:
             async with anyio.create_task_group() as side:
@@ -307,6 +311,10 @@ class _Run:
         cut = False
         async with anyio.create_task_group() as tg:
 
+            async def forward() -> None:
+                await self.requested_stop.wait()
+                self.stop.set()
+
             async def watch() -> None:
                 nonlocal cut
                 await self.stop.wait()
@@ -319,15 +327,28 @@ class _Run:
                 cut = True
                 tg.cancel_scope.cancel()
 
+            tg.start_soon(forward)
             tg.start_soon(watch)
             await work()
             tg.cancel_scope.cancel()
         return not cut
 
+    def _fail(self, exc: IngestError) -> None:
+        """Record the run's failure and wind down as for a stop: in-flight requests finish."""
+        if self.failure is None:
+            self.failure = exc
+        self.stop.set()
+
     async def _read(self, source: JsonlSource, out: ObjectSendStream[Chunk]) -> None:
         async with out:
             while not self.stop.is_set():
-                chunk = await anyio.to_thread.run_sync(source.read_chunk, abandon_on_cancel=True)
+                try:
+                    chunk = await anyio.to_thread.run_sync(
+                        source.read_chunk, abandon_on_cancel=True
+                    )
+                except SourceError as exc:
+                    self._fail(exc)
+                    return
                 if not chunk:
                     self.exhausted = True
                     return

@@ -69,13 +69,26 @@ class Sender:
         self._clock = clock
         self.resolved = 0  # batches taken from the stream and settled
 
-    async def work(self, batches: ObjectReceiveStream[Batch], stopping: anyio.Event) -> None:
-        """Deliver batches until the stream ends or a stop is asked for."""
+    async def work(
+        self,
+        batches: ObjectReceiveStream[Batch],
+        stopping: anyio.Event,
+        on_failure: Callable[[DeliveryError], None],
+    ) -> None:
+        """Deliver batches until the stream ends, a stop is asked for, or delivery fails.
+
+        A failure is handed to ``on_failure`` (which asks every worker to stop)
+        rather than raised, so the other workers' requests in flight can finish.
+        """
         async with batches:
             async for batch in batches:
                 if stopping.is_set():
                     return  # a queued batch is not in flight: leave it for the resumed run
-                await self.deliver(batch)
+                try:
+                    await self.deliver(batch)
+                except DeliveryError as exc:
+                    on_failure(exc)
+                    return
                 self.resolved += 1
 
     async def deliver(self, batch: Batch) -> None:

@@ -132,6 +132,7 @@ class JsonlSource:
         self._offset = start_offset
         self._skip = skip
         self.skipped = 0
+        self._error: SourceError | None = None
         try:
             self._position(start_line, start_offset)
         except BaseException:
@@ -158,6 +159,8 @@ class JsonlSource:
 
     def read_chunk(self, max_lines: int = 2048) -> Chunk:
         """Read until ``max_lines`` rows or rejects; an empty chunk means the input is exhausted."""
+        if self._error is not None:
+            raise self._error
         chunk = Chunk()
         rows, lines, ends, rejects = chunk.rows, chunk.lines, chunk.ends, chunk.rejects
         readline, skip, loads = self._file.readline, self._skip, orjson.loads
@@ -201,9 +204,12 @@ class JsonlSource:
                     continue
                 rejects.append(Reject(number, start, offset, reason, line.rstrip(b"\r\n")))
         except (OSError, EOFError, zlib.error) as exc:
-            raise SourceError(
-                f"cannot read past this line: {exc}", path=self.path, line=number
-            ) from exc
+            error = SourceError(f"cannot read past this line: {exc}", path=self.path, line=number)
+            error.__cause__ = exc
+            if not chunk:
+                raise error from exc
+            # Hand over the good rows read before the damage; the next call raises.
+            self._error = error
         finally:
             self._line, self._offset = number, offset
         return chunk

@@ -305,3 +305,18 @@ async def test_restart_sets_the_old_rejects_aside(fake: Any, tmp_path: Path) -> 
     assert (first.exit_code, again.exit_code) == (6, 6)
     assert [orjson.loads(x)["raw"] for x in rejects.read_bytes().splitlines()] == ["NEW-BAD"]
     assert b"OLD-BAD" in (tmp_path / "rejects.jsonl.bak").read_bytes()
+
+
+async def test_unreadable_input_fails_after_in_flight_rows_are_recorded(
+    fake: Any, tmp_path: Path
+) -> None:
+    """A .gz cut short stops the run naming file and line; what was sent is journaled as done."""
+    rows = b"".join(orjson.dumps({"i": i, "pad": "x" * 80}) + b"\n" for i in range(20_000))
+    (tmp_path / "rows.jsonl.gz").write_bytes(gzip.compress(rows)[:-4000])
+    with pytest.raises(ingest.SourceError, match=r"rows\.jsonl\.gz:\d+") as info:
+        await ingest.upload(
+            api_key=fake.api_key, **settings(fake, tmp_path, input=str(tmp_path / "rows.jsonl.gz"))
+        )
+    assert info.value.exit_code == 2
+    state = read_journal(info.value.summary.checkpoint)
+    assert state.delivered_rows == fake.state.example_count(fake.dataset_id) > 0
