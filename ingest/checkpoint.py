@@ -4,7 +4,7 @@ Takes records of what the sender is about to do and has done; gives back, when
 a run starts, what is already done. One JSON object per line:
 
     {"t": "header", "v": 1, "fingerprint": {...}}     what run this journal belongs to
-    {"t": "start", "attempt": 2, ...}                  each time a run starts or resumes
+    {"t": "start", "resent_in_flight": [[seq, part, a, b], ...], ...}   each run's start
     {"t": "rejected", "line": 7, "bytes": [s, e], "reason": "..."}
     {"t": "sending", "seq": 3, "part": "", "lines": [a, b], "bytes": [s, e], "rows": n}
     {"t": "split", "seq": 3, "part": ""}          refused whole; its halves ("0", "1") follow
@@ -133,7 +133,10 @@ class JournalState:
         if kind == "header":
             self.fingerprint = rec.get("fingerprint")
         elif kind == "start":
+            # A new run re-reads whatever was in flight; its start record names those
+            # batches, and from here on only this run's requests are in flight.
             self.attempts += 1
+            sending.clear()
         elif kind == "rejected":
             line = rec["line"]
             start, end = rec["bytes"]

@@ -17,10 +17,13 @@ a slow API holds the reader back and memory stays flat. On a stop request
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
+import threading
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import anyio
@@ -38,6 +41,7 @@ from ingest.sender import Sender
 from ingest.source import Chunk, JsonlSource, Reject
 
 log = logging.getLogger("ingest")
+T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_REJECTS = 6
@@ -193,7 +197,7 @@ class _Run:
             "pid": os.getpid(),
             "batch_rows": c.batch_rows,
             "batch_bytes": c.batch_bytes,
-            "resent_in_flight": [[r["seq"], r["part"]] for r in self.state.in_flight],
+            "resent_in_flight": [[r["seq"], r["part"], *r["lines"]] for r in self.state.in_flight],
         }
 
     def _policy(self) -> RetryPolicy:
@@ -205,7 +209,9 @@ class _Run:
             cap=c.backoff_max,
         )
 
-    def _sender(self, append: Any, limiter: AsyncLimiter | None) -> Sender:
+    def _sender(
+        self, append: Any, limiter: AsyncLimiter | None, stopping: anyio.Event | None = None
+    ) -> Sender:
         return Sender(
             append=append,
             journal=self.journal,
@@ -213,6 +219,7 @@ class _Run:
             stats=self.stats,
             describe=self._describe,
             limiter=limiter,
+            stopping=stopping,
         )
 
     def _describe(self, action: Action, reply: Reply) -> str:
@@ -261,7 +268,7 @@ class _Run:
             )
         )
         limiter = AsyncLimiter(1, 1 / c.rate) if c.rate else None
-        sender = self._sender(client.append, limiter)
+        sender = self._sender(client.append, limiter, self.stop)
         chunks_tx, chunks_rx = anyio.create_memory_object_stream[Chunk](4)
         batches_tx, batches_rx = anyio.create_memory_object_stream[Batch](1)
         batcher = Batcher(
@@ -278,7 +285,7 @@ class _Run:
                 stages.start_soon(self._batch, batcher, chunks_rx, batches_tx)
                 async with batches_rx:
                     for _ in range(c.concurrency):
-                        stages.start_soon(sender.work, batches_rx.clone(), self.stop, self._fail)
+                        stages.start_soon(sender.work, batches_rx.clone(), self._fail)
 
         try:
             async with anyio.create_task_group() as side:
@@ -319,8 +326,10 @@ class _Run:
                 nonlocal cut
                 await self.stop.wait()
                 if grace:
+                    why = "after an error" if self.failure else "as asked"
                     log.warning(
-                        "stopping: no new batches; waiting up to %.0fs for requests in flight",
+                        "stopping %s: nothing new is sent; requests in flight get up to %.0fs",
+                        why,
                         grace,
                     )
                     await anyio.sleep(grace)
@@ -343,12 +352,13 @@ class _Run:
         async with out:
             while not self.stop.is_set():
                 try:
-                    chunk = await anyio.to_thread.run_sync(
-                        source.read_chunk, abandon_on_cancel=True
-                    )
+                    chunk = await self._next_chunk(source)
                 except SourceError as exc:
-                    self._fail(exc)
+                    # Not a stop: what was read before the damage is still delivered.
+                    self.failure = self.failure or exc
                     return
+                if chunk is None:
+                    return  # a stop: nothing read is in flight, so leave at once
                 if not chunk:
                     self.exhausted = True
                     return
@@ -361,6 +371,29 @@ class _Run:
                         await out.send(chunk)
                     except anyio.BrokenResourceError:
                         return
+
+    async def _next_chunk(self, source: JsonlSource) -> Chunk | None:
+        """The next chunk, or None if a stop comes first (a stalled stdin must not hold it)."""
+        got: list[Chunk] = []
+        failed: list[SourceError] = []
+        async with anyio.create_task_group() as tg:
+
+            async def read() -> None:
+                try:
+                    got.append(await _in_daemon_thread(source.read_chunk))
+                except SourceError as exc:
+                    failed.append(exc)
+                tg.cancel_scope.cancel()
+
+            async def stop() -> None:
+                await self.stop.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(read)
+            tg.start_soon(stop)
+        if failed:
+            raise failed[0]
+        return got[0] if got else None
 
     async def _reject(self, item: Reject, *, durable: bool) -> None:
         self.stats.rows_rejected += 1
@@ -396,6 +429,36 @@ class _Run:
                     await out.send(last)
         except anyio.BrokenResourceError:
             pass  # the workers stopped (a stop request): queued rows stay unsent
+
+
+async def _in_daemon_thread(work: Callable[[], T]) -> T:
+    """Run blocking ``work`` in a daemon thread.
+
+    Unlike ``anyio.to_thread``'s workers, a daemon thread left blocked (a read
+    from a stdin that never ends, abandoned on a stop) does not keep the
+    process from exiting.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return  # abandoned: nobody waits any more
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def target() -> None:
+        try:
+            result, error = work(), None
+        except BaseException as exc:  # handed to the awaiting task
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=target, name="ingest-reader", daemon=True).start()
+    return await future
 
 
 def classify_ok(reply: Reply) -> bool:

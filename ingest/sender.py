@@ -38,6 +38,10 @@ from ingest.source import Reject
 log = logging.getLogger("ingest")
 
 
+class _Abandoned(Exception):
+    """A stop was asked for while a batch waited to be sent again: leave it."""
+
+
 class Sender:
     """Delivers batches: one instance, ``concurrency`` tasks running ``work``.
 
@@ -57,6 +61,7 @@ class Sender:
         describe: Callable[[Action, Reply], str],
         limiter: AsyncLimiter | None = None,
         gate: PauseGate | None = None,
+        stopping: anyio.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._append = append
@@ -66,26 +71,25 @@ class Sender:
         self._describe = describe
         self._limiter = limiter
         self._gate = gate or PauseGate(clock)
+        self._stopping = stopping or anyio.Event()
         self._clock = clock
         self.resolved = 0  # batches taken from the stream and settled
 
     async def work(
-        self,
-        batches: ObjectReceiveStream[Batch],
-        stopping: anyio.Event,
-        on_failure: Callable[[DeliveryError], None],
+        self, batches: ObjectReceiveStream[Batch], on_failure: Callable[[DeliveryError], None]
     ) -> None:
         """Deliver batches until the stream ends, a stop is asked for, or delivery fails.
 
         A failure is handed to ``on_failure`` (which asks every worker to stop)
         rather than raised, so the other workers' requests in flight can finish.
+        On a stop, a batch waiting to be retried is left for the resumed run.
         """
         async with batches:
             async for batch in batches:
-                if stopping.is_set():
-                    return  # a queued batch is not in flight: leave it for the resumed run
                 try:
                     await self.deliver(batch)
+                except _Abandoned:
+                    return
                 except DeliveryError as exc:
                     on_failure(exc)
                     return
@@ -93,6 +97,8 @@ class Sender:
 
     async def deliver(self, batch: Batch) -> None:
         """Deliver one batch, halving it while the server refuses rows in it or its size."""
+        if self._stopping.is_set():
+            raise _Abandoned  # not sent yet: the resumed run sends it
         await self._journal.write(
             {
                 "t": "sending",
@@ -223,17 +229,25 @@ class Sender:
             self._stats.retries[_bucket(cause)] += 1
             log.debug("%s: %s; retrying in %.2fs", what, cause, wait)
             if action is not Action.RATE_LIMITED:
-                await anyio.sleep(wait)
+                await self._pause(wait)
 
     async def _ready(self) -> None:
         """Wait for the 429 pause to lift and for a slot from the rate limiter."""
         while True:
-            await self._gate.wait()
+            while (left := self._gate.remaining) > 0:
+                await self._pause(left)
             if self._limiter is not None:
                 await self._limiter.acquire()
             # A 429 may have paused everyone while this worker queued for its slot.
             if self._gate.remaining == 0:
                 return
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds``; give up the batch at once if a stop is asked for meanwhile."""
+        with anyio.move_on_after(seconds):
+            await self._stopping.wait()
+        if self._stopping.is_set():
+            raise _Abandoned
 
     async def _attempt(
         self, request: Callable[[], Awaitable[Reply]]

@@ -14,7 +14,6 @@ change escapes. orjson only *validates* the line.
 from __future__ import annotations
 
 import base64
-import gzip
 import io
 import sys
 import zlib
@@ -95,13 +94,77 @@ def _check_value(value: object, raw: bytes, max_row_bytes: int) -> str | None:
 def open_input(path: str) -> IO[bytes]:
     """Open ``path`` for binary reading: ``-`` is stdin, ``*.gz`` is decompressed."""
     if path == "-":
-        return sys.stdin.buffer
+        # Our own reader on fd 0, not sys.stdin.buffer: a read left blocked on a stdin
+        # that never ends must not hold the lock the interpreter takes at exit.
+        return open(sys.stdin.fileno(), "rb", buffering=1 << 20, closefd=False)
     try:
         if path.endswith(".gz"):
-            return io.BufferedReader(gzip.open(path, "rb"), buffer_size=1 << 20)
+            return io.BufferedReader(GzipStream(path), buffer_size=1 << 16)
         return open(path, "rb", buffering=1 << 20)
     except OSError as exc:
         raise SourceError(f"cannot open input: {exc.strerror}", path=path) from exc
+
+
+class GzipStream(io.RawIOBase):
+    """A ``.gz`` file decompressed as a stream, handing out every byte before any damage.
+
+    ``gzip.GzipFile`` raises as soon as it meets a truncated or corrupt member
+    and drops what it decompressed in that read: up to a buffer of good rows.
+    This reads in small steps and raises only once everything before the
+    damage is out. Concatenated members are read in turn.
+    """
+
+    _STEP = 1 << 13  # compressed bytes per step: what a damaged step can cost
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self._file = open(path, "rb")  # noqa: SIM115 (closed in close())
+        self._inflate = zlib.decompressobj(wbits=31)
+        self._in_member = False
+        self._pending = memoryview(b"")
+        self._error: Exception | None = None
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            if self._error is not None:
+                raise self._error
+            if self._eof:
+                return 0
+            self._step()
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def _step(self) -> None:
+        data = self._file.read(self._STEP)
+        if not data:
+            if self._in_member:
+                self._error = EOFError("the compressed file ends before its end-of-stream marker")
+            else:
+                self._eof = True
+            return
+        out = []
+        try:
+            while data:
+                self._in_member = True
+                out.append(self._inflate.decompress(data))
+                data = b""
+                if self._inflate.eof:
+                    data = self._inflate.unused_data.lstrip(b"\0")  # zero padding may follow
+                    self._inflate = zlib.decompressobj(wbits=31)
+                    self._in_member = False
+        except zlib.error as exc:
+            self._error = exc
+        self._pending = memoryview(b"".join(out))
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
 
 
 class JsonlSource:
@@ -220,8 +283,8 @@ class JsonlSource:
         return self._line, self._offset
 
     def close(self) -> None:
-        """Close the input (never stdin)."""
-        if self._file is not sys.stdin.buffer:
+        """Close the input; stdin's reader is left alone, as a blocked read may hold it."""
+        if self.path != "-":
             self._file.close()
 
     def __enter__(self) -> JsonlSource:

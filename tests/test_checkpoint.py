@@ -65,6 +65,27 @@ async def test_journal_reloads_done_and_in_flight(tmp_path: Path) -> None:
     assert state.covered.prefix() == (10, 110)
 
 
+async def test_in_flight_is_what_the_last_run_left_open(tmp_path: Path) -> None:
+    """A new run's start settles earlier runs' open batches: it sends their lines again."""
+    path = tmp_path / "ck"
+    await write_records(
+        path,
+        [
+            {"t": "start"},
+            sending(0, 1, 10),
+            sending(1, 11, 20),  # killed in flight
+            done(0, 1, 10),
+            {"t": "start", "resent_in_flight": [[1, "", 11, 20]]},
+            sending(2, 11, 20),
+            done(2, 11, 20),
+            sending(3, 21, 30),  # killed in flight again
+        ],
+    )
+    state = read_journal(str(path))
+    assert [r["seq"] for r in state.in_flight] == [3]
+    assert state.delivered_rows == 20
+
+
 async def test_torn_last_line_is_dropped(tmp_path: Path) -> None:
     """A half-written last record (a crash mid-write) is ignored and cut off on open."""
     path = tmp_path / "ck"

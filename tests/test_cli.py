@@ -242,3 +242,33 @@ def test_stdin_input_uploads_and_is_not_silently_resumed(server: str, tmp_path: 
     assert second.returncode == 2 and b"stdin" in second.stderr
     counts = Counter(ex["i"] for ex in list_all(server, DATASET))
     assert set(counts) == set(range(700)) and set(counts.values()) == {1}
+
+
+def test_sigterm_ends_a_run_stalled_on_an_open_stdin(server: str, tmp_path: Path) -> None:
+    """A producer that stops writing but keeps stdin open does not keep ingest from exiting."""
+    cmd = ingest_cmd(tmp_path, server, "--batch-rows", "100")
+    cmd[cmd.index("--input") + 1] = "-"
+    proc = subprocess.Popen(
+        cmd,
+        env={**os.environ, "ARIZE_API_KEY": KEY},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(b"".join(orjson.dumps({"i": i}) + b"\n" for i in range(5000)))
+    proc.stdin.flush()  # and left open, as `tail -f file | ingest run ... --input -` would
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ckpt = tmp_path / "run.ckpt"
+        if ckpt.exists() and read_journal(str(ckpt)).done_batches >= 40:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(timeout=30)  # stdin still open: communicate() would close it
+    finally:
+        proc.kill()
+        out, err = proc.communicate()
+    assert code == 130, err
+    assert b"interrupted" in out

@@ -320,3 +320,21 @@ async def test_unreadable_input_fails_after_in_flight_rows_are_recorded(
     assert info.value.exit_code == 2
     state = read_journal(info.value.summary.checkpoint)
     assert state.delivered_rows == fake.state.example_count(fake.dataset_id) > 0
+
+
+async def test_a_stop_abandons_batches_waiting_to_retry(fake: Any, tmp_path: Path) -> None:
+    """A stop does not wait out the grace for batches that are only waiting to be retried."""
+    write_rows(tmp_path / "rows.jsonl", 3000)
+    fake.state.faults.fail_rate = 1.0  # every POST 503s: each worker sits in a long backoff
+    run = settings(
+        fake, tmp_path, batch_rows=100, max_attempts=100, backoff_base=20.0, backoff_max=20.0,
+        shutdown_grace=60.0,
+    )  # fmt: skip
+    stop = anyio.Event()
+    with anyio.fail_after(30):  # far below the 60 s grace the old code waited out
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_set_after, stop, 0.5)
+            summary = await ingest.upload(api_key=fake.api_key, stop=stop, **run)
+    assert (summary.status, summary.exit_code) == ("interrupted", 130)
+    state = read_journal(summary.checkpoint)
+    assert state.delivered_rows == 0 and len(state.in_flight) <= 4
