@@ -171,9 +171,15 @@ def parse_journal(data: bytes, path: str) -> tuple[JournalState, int]:
                 raise ValueError("first line is not an ingest checkpoint header")
             state.apply(rec, sending)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            if number == 1:
+                raise CheckpointError(
+                    f"{path} is not an ingest checkpoint; ingest will not overwrite it: "
+                    "give --checkpoint another path"
+                ) from exc
             raise CheckpointError(
-                f"{path}:{number}: checkpoint is corrupt ({exc}); pass --restart to start "
-                "over (the old file is kept as .bak) or --checkpoint for a new file"
+                f"{path}:{number}: checkpoint is corrupt ({exc}); start over with "
+                "`ingest run ... --restart` (the old file is kept as .bak) or use another "
+                "--checkpoint"
             ) from exc
     state.in_flight = sorted(sending.values(), key=lambda r: (r["seq"], r["part"]))
     return state, good
@@ -261,7 +267,12 @@ class CheckpointJournal:
     ) -> JournalState:
         size = os.fstat(fd).st_size
         data = os.pread(fd, size, 0) if size else b""
-        state, good = parse_journal(data, path) if data else (JournalState(), 0)
+        try:
+            state, good = parse_journal(data, path) if data else (JournalState(), 0)
+        except CheckpointError:
+            if not restart or not _has_header(data):
+                raise
+            state, good = JournalState(fingerprint={}), 0  # ours but damaged: start over
         reason = _mismatch(state.fingerprint, fp) if state.fingerprint is not None else None
         if reason is not None and not restart:
             raise CheckpointError(
@@ -395,6 +406,14 @@ def _recent_rejects(path: str) -> set[int]:
         except (ValueError, KeyError, TypeError):
             continue
     return seen
+
+
+def _has_header(data: bytes) -> bool:
+    try:
+        first = orjson.loads(data[: data.find(b"\n")])
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(first, dict) and first.get("t") == "header"
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import signal
 import sys
 import traceback
@@ -21,23 +20,19 @@ import anyio
 import orjson
 
 from ingest.checkpoint import read_journal
-from ingest.config import API_KEY_ENV, DEFAULT_BASE_URL, build_config, load_toml
+from ingest.config import API_KEY_ENV, DEFAULT_BASE_URL, build_config, load_toml, parse_size
 from ingest.errors import IngestError
 from ingest.pipeline import EXIT_INTERRUPTED, upload
 from ingest.report import Summary
 
 log = logging.getLogger("ingest")
 
-_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
 
-
-def parse_size(text: str) -> int:
-    """``4194304``, ``4MiB``, ``512k`` → bytes."""
-    match = _SIZE.match(text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 4MiB or 1048576)")
-    unit = (match.group(2) or "b")[0].lower()
-    return int(match.group(1)) * {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit]
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint", help="journal path (default: <input>.ingest-<tag>.ckpt)")
     run.add_argument("--rejects", help="rejected lines (default: beside the checkpoint)")
     run.add_argument("--batch-rows", type=int, help="rows per request, 1..1000 (default 500)")
-    run.add_argument("--batch-bytes", type=parse_size, help="body bytes per request (default 4MiB)")
+    run.add_argument("--batch-bytes", type=_size, help="body bytes per request (default 4MiB)")
     run.add_argument("--concurrency", type=int, help="requests in flight (default 8)")
     run.add_argument("--rate", type=float, help="requests per second, 0 = no limit (default 20)")
     run.add_argument("--request-timeout", type=float, help="seconds per request (default 60)")
@@ -136,6 +131,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"ingest: error: {exc}", file=sys.stderr)  # noqa: T201
         if exc.summary is not None:
             _print_summary(exc.summary, args.json)
+        elif args.json:  # a scheduler still gets one object on stdout
+            failed = {"status": "failed", "exit_code": exc.exit_code, "message": str(exc)}
+            sys.stdout.buffer.write(orjson.dumps(failed) + b"\n")
         return exc.exit_code
     except Exception:
         traceback.print_exc()

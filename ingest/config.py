@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,17 +102,17 @@ def _problems(c: RunConfig) -> list[str]:
         out.append(f"batch_bytes must be at least 1024, not {c.batch_bytes}")
     if not 1 <= c.concurrency <= 256:
         out.append(f"concurrency must be 1..256, not {c.concurrency}")
-    if c.rate is not None and c.rate < 0:
-        out.append(f"rate must be positive (or 0 for no limit), not {c.rate}")
+    if c.rate is not None and not 0 <= c.rate < math.inf:
+        out.append(f"rate must be a positive number (or 0 for no limit), not {c.rate}")
     out.extend(
-        f"{name} must be positive, not {getattr(c, name)}"
+        f"{name} must be a positive number, not {getattr(c, name)}"
         for name in ("request_timeout", "max_retry_seconds", "backoff_base", "backoff_max")
-        if getattr(c, name) <= 0
+        if not 0 < getattr(c, name) < math.inf
     )
     if c.max_attempts < 1:
         out.append(f"max_attempts must be at least 1, not {c.max_attempts}")
-    if c.shutdown_grace < 0:
-        out.append(f"shutdown_grace must be 0 or more, not {c.shutdown_grace}")
+    if not 0 <= c.shutdown_grace < math.inf:
+        out.append(f"shutdown_grace must be 0 or more seconds, not {c.shutdown_grace}")
     return out
 
 
@@ -146,12 +148,29 @@ def load_toml(path: str) -> dict[str, Any]:
 def build_config(toml: dict[str, Any], overrides: dict[str, Any], *, source: str) -> RunConfig:
     """RunConfig from a config file's values with flags on top; type errors name ``source``."""
     merged = {**toml, **{k: v for k, v in overrides.items() if v is not None}}
+    if isinstance(merged.get("batch_bytes"), str):
+        try:
+            merged["batch_bytes"] = parse_size(merged["batch_bytes"])
+        except ValueError as exc:
+            raise ConfigError(f"{source}: batch_bytes: {exc}") from exc
     for key, value in merged.items():
         _check_type(key, value, source)
     try:
         return RunConfig(**merged)
-    except TypeError as exc:
+    except (TypeError, ConfigError) as exc:
         raise ConfigError(f"{source}: {exc}") from exc
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """``4194304``, ``4MiB``, ``512k`` → bytes (powers of 1024)."""
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f"not a size: {text!r} (try 4MiB or 4194304)")
+    unit = (match.group(2) or "b")[0].lower()
+    return int(match.group(1)) * {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit]
 
 
 def _check_type(key: str, value: Any, source: str) -> None:

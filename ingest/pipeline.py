@@ -72,15 +72,23 @@ async def upload(
         config = RunConfig(**settings)
     elif settings:
         config = config.replace(**settings)
-    key = api_key or os.environ.get(API_KEY_ENV, "")
+    # Surrounding whitespace (a newline from `$(cat key)`, a CR from a CRLF .env) is
+    # not part of a key; anything else unprintable is refused before it reaches a header.
+    key = (api_key or os.environ.get(API_KEY_ENV, "")).strip()
     if not key:
         raise ConfigError(f"set {API_KEY_ENV} to your Arize API key")
+    if not key.isascii() or not key.isprintable():
+        raise ConfigError(f"{API_KEY_ENV} holds a control or non-ASCII character; check its value")
     journal, state = await anyio.to_thread.run_sync(_open_checkpoint, config)
+    run = _Run(config, key, journal, state, stop or anyio.Event(), progress)
     try:
-        run = _Run(config, key, journal, state, stop or anyio.Event(), progress)
         return await run.execute()
     finally:
         journal.release()
+        if state.attempts == 0 and not run.passed_preflight:
+            # A run refused before reading anything leaves no checkpoint behind.
+            with contextlib.suppress(OSError):
+                os.unlink(config.checkpoint_path)
 
 
 def _open_checkpoint(config: RunConfig) -> tuple[CheckpointJournal, JournalState]:
@@ -113,6 +121,7 @@ class _Run:
         self.requested_stop = stop  # the caller's; ours below is also set by a failure
         self.stop = anyio.Event()
         self.failure: IngestError | None = None
+        self.passed_preflight = False
         self.progress = progress
         self.stats = RunStats(rows_skipped=state.delivered_rows + state.rejected_rows)
         self.exhausted = False
@@ -166,6 +175,7 @@ class _Run:
                     try:
                         await self.journal.write(self._start_record())
                         if await self._until_stop(lambda: self._preflight(client), grace=0.0):
+                            self.passed_preflight = True
                             await self._stages(client)
                         if self.failure is not None:
                             raise self.failure
@@ -218,6 +228,7 @@ class _Run:
             policy=self._policy(),
             stats=self.stats,
             describe=self._describe,
+            on_reject=self._note_reject,
             limiter=limiter,
             stopping=stopping,
         )
@@ -395,12 +406,16 @@ class _Run:
             raise failed[0]
         return got[0] if got else None
 
-    async def _reject(self, item: Reject, *, durable: bool) -> None:
+    def _note_reject(self, line: int, reason: str) -> None:
+        """Count a rejected line; name the first few on stderr."""
         self.stats.rows_rejected += 1
         if self.stats.rows_rejected <= _REJECTS_SHOWN:
-            log.warning("%s:%d: rejected: %s", self.config.input, item.line, item.reason)
+            log.warning("%s:%d: rejected: %s", self.config.input, line, reason)
             if self.stats.rows_rejected == _REJECTS_SHOWN:
                 log.warning("further rejects go only to %s", self.config.rejects_path)
+
+    async def _reject(self, item: Reject, *, durable: bool) -> None:
+        self._note_reject(item.line, item.reason)
         await self.journal.reject(
             {
                 "t": "rejected",

@@ -59,6 +59,7 @@ class Sender:
         policy: RetryPolicy,
         stats: RunStats,
         describe: Callable[[Action, Reply], str],
+        on_reject: Callable[[int, str], None],
         limiter: AsyncLimiter | None = None,
         gate: PauseGate | None = None,
         stopping: anyio.Event | None = None,
@@ -69,6 +70,7 @@ class Sender:
         self._policy = policy
         self._stats = stats
         self._describe = describe
+        self._on_reject = on_reject
         self._limiter = limiter
         self._gate = gate or PauseGate(clock)
         self._stopping = stopping or anyio.Event()
@@ -141,8 +143,7 @@ class Sender:
                 reject.to_json(),
             )
             await self._done(batch, 0, [])
-            self._stats.rows_rejected += 1
-            log.warning("line %d rejected: %s", reject.line, reject.reason)
+            self._on_reject(reject.line, reject.reason)
 
     async def _done(self, batch: Batch, rows: int, example_ids: list[Any]) -> None:
         await self._journal.write(
@@ -204,12 +205,14 @@ class Sender:
             if action in (Action.AUTH, Action.NOT_FOUND, Action.FAIL):
                 assert reply is not None
                 raise self._fatal(action, reply, what)
-            if action is Action.RETRY_UNKNOWN and on_unknown is not None:
-                self._stats.unknown_resent += 1
+            # Journaled whether or not the rows are sent again; counted once they are.
+            unknown = action is Action.RETRY_UNKNOWN and on_unknown is not None
+            if unknown and on_unknown is not None:
                 await on_unknown(cause)
             fives = fives + 1 if reply is not None and reply.status == 500 else 0
             if split_after_500s is not None and fives >= split_after_500s:
                 assert reply is not None
+                self._stats.unknown_resent += unknown  # the halves send these rows again
                 return reply
             if action is Action.RATE_LIMITED:
                 throttled += 1
@@ -223,9 +226,9 @@ class Sender:
             if self._policy.gives_up(attempts=attempts, elapsed=elapsed, wait=wait):
                 raise RetriesExhaustedError(
                     f"{what} did not succeed after {attempts} attempts in {elapsed:.0f}s "
-                    f"(last: {cause}, next wait {wait:.0f}s); the checkpoint is saved, "
-                    "re-run the same command to resume"
+                    f"(last: {cause}, next wait {wait:.0f}s); re-run the same command to resume"
                 )
+            self._stats.unknown_resent += unknown
             self._stats.retries[_bucket(cause)] += 1
             log.debug("%s: %s; retrying in %.2fs", what, cause, wait)
             if action is not Action.RATE_LIMITED:

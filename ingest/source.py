@@ -69,7 +69,8 @@ class Chunk:
 def _parse_error(exc: orjson.JSONDecodeError) -> str:
     if "UTF-8" in str(exc):
         return "not valid UTF-8"
-    return f"not valid JSON: {exc}"
+    # orjson counts lines within the row, always line 1: only the column helps.
+    return f"not valid JSON: {exc.msg} at column {exc.colno}"
 
 
 def _check_value(value: object, raw: bytes, max_row_bytes: int) -> str | None:

@@ -272,3 +272,31 @@ def test_sigterm_ends_a_run_stalled_on_an_open_stdin(server: str, tmp_path: Path
         out, err = proc.communicate()
     assert code == 130, err
     assert b"interrupted" in out
+
+
+def test_json_summary_and_key_hygiene_on_refusals(server: str, tmp_path: Path) -> None:
+    """--json prints one object even for a refused run; a key's stray newline is not a problem."""
+    missing = run_ingest(ingest_cmd(tmp_path, server, "--json"))
+    assert missing.returncode == 2
+    assert orjson.loads(missing.stdout) == {
+        "status": "failed",
+        "exit_code": 2,
+        "message": f"{tmp_path / 'rows.jsonl'}: input file not found",
+    }
+    write_rows(tmp_path / "rows.jsonl", 10)
+    assert run_ingest(ingest_cmd(tmp_path, server), key=KEY + "\r\n").returncode == 0
+    bad = run_ingest(ingest_cmd(tmp_path, server, "--restart"), key="abc\ndef")
+    assert bad.returncode == 2 and "control or non-ASCII" in bad.stderr and "def" not in bad.stderr
+
+
+def test_a_refused_run_leaves_no_checkpoint_and_data_files_are_never_overwritten(
+    server: str, tmp_path: Path
+) -> None:
+    """A run refused at the preflight leaves no checkpoint; a non-checkpoint file is kept."""
+    write_rows(tmp_path / "rows.jsonl", 10)
+    refused = run_ingest(ingest_cmd(tmp_path, server), key="wrong")
+    assert refused.returncode == 3 and not (tmp_path / "run.ckpt").exists()
+    (tmp_path / "run.ckpt").write_text("precious data\n")
+    kept = run_ingest(ingest_cmd(tmp_path, server, "--restart"))
+    assert kept.returncode == 2 and "not an ingest checkpoint" in kept.stderr
+    assert (tmp_path / "run.ckpt").read_text() == "precious data\n"

@@ -53,13 +53,25 @@ def test_wrong_types_are_refused(tmp_path: Path) -> None:
         ({"batch_rows": 0}, "batch_rows must be 1..1000"),
         ({"concurrency": 0}, "concurrency must be 1..256"),
         ({"base_url": "ftp://x"}, "base_url must be an http"),
-        ({"rate": -1.0}, "rate must be positive"),
+        ({"rate": -1.0}, "rate must be a positive number"),
+        ({"rate": float("nan")}, "rate must be a positive number"),
+        ({"request_timeout": float("inf")}, "request_timeout must be a positive number"),
     ],
 )
 def test_settings_out_of_range_are_refused(change: dict[str, object], message: str) -> None:
     """Each setting is checked against its range, and the message says which."""
     with pytest.raises(ingest.ConfigError, match=message):
         RunConfig(input="x", dataset_id="d", **change)  # type: ignore[arg-type]
+
+
+def test_toml_takes_sizes_and_its_range_errors_name_the_file(tmp_path: Path) -> None:
+    """batch_bytes may be written "4MiB" in TOML too; an out-of-range value names the file."""
+    (tmp_path / "a.toml").write_text('input = "x"\ndataset_id = "d"\nbatch_bytes = "2MiB"\n')
+    config = build_config(load_toml(str(tmp_path / "a.toml")), {}, source="a.toml")
+    assert config.batch_bytes == 2 << 20
+    (tmp_path / "b.toml").write_text('input = "x"\ndataset_id = "d"\nshutdown_grace = -1\n')
+    with pytest.raises(ingest.ConfigError, match=r"^b\.toml: shutdown_grace must be 0 or more"):
+        build_config(load_toml(str(tmp_path / "b.toml")), {}, source="b.toml")
 
 
 def test_default_checkpoint_is_per_dataset() -> None:

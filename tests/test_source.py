@@ -51,7 +51,7 @@ def test_bad_lines_become_rejects_with_line_numbers(tmp_path: Path) -> None:
         (9, b'{"ok": 2}'),
     ]
     assert sorted(rejects) == [2, 3, 4, 5, 6, 7]
-    assert rejects[2].startswith("not valid JSON")
+    assert rejects[2] == "not valid JSON: invalid literal, expected 'null' at column 1"
     assert "not a JSON object" in rejects[3]
     assert "empty object" in rejects[4]
     assert "reserved field 'id'" in rejects[5]
