@@ -14,10 +14,12 @@ a run starts, what is already done. One JSON object per line:
     {"t": "finished", "exit_code": 0, "delivered": n, "rejected": m}
 
 A *sending* record is durable before its POST starts; a *done* record is
-written after the 2xx. After a crash, *sending* with no *done* names the
-batches that were in flight. Writes are group-committed by one task that
-fsyncs in a worker thread, so the event loop never waits on the disk and many
-workers share one fsync. A torn last line (a crash mid-write) is dropped.
+written after the 2xx. After a crash, a *sending* record whose lines are not
+all done or rejected names a batch that was in flight (and may have been
+committed); it stays named until a later run settles those lines. Writes are
+group-committed by one task that fsyncs in a worker thread, so the event loop
+never waits on the disk and many workers share one fsync. A torn last line (a
+crash mid-write) is dropped.
 
 The fingerprint identifies the input by content (size and a hash of its first
 and last MiB), not by path, plus the dataset and version it goes to.
@@ -27,7 +29,9 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import math
 import os
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,6 +89,12 @@ class LineRanges:
                 line, offset = last, end
         return line, offset
 
+    def covers(self, first: int, last: int) -> bool:
+        """Whether every line of ``first..last`` is dealt with."""
+        ranges = self.merged()
+        i = bisect_right(ranges, (first, math.inf)) - 1
+        return i >= 0 and ranges[i][0] <= first and last <= ranges[i][1]
+
     def merged(self) -> list[tuple[int, int]]:
         """The line ranges, sorted and merged."""
         if self._merged is None:
@@ -133,10 +143,7 @@ class JournalState:
         if kind == "header":
             self.fingerprint = rec.get("fingerprint")
         elif kind == "start":
-            # A new run re-reads whatever was in flight; its start record names those
-            # batches, and from here on only this run's requests are in flight.
             self.attempts += 1
-            sending.clear()
         elif kind == "rejected":
             line = rec["line"]
             start, end = rec["bytes"]
@@ -145,8 +152,6 @@ class JournalState:
         elif kind == "sending":
             sending[(rec["seq"], rec["part"])] = rec
             self.next_seq = max(self.next_seq, rec["seq"] + 1)
-        elif kind == "split":
-            sending.pop((rec["seq"], rec["part"]), None)
         elif kind == "unknown":
             self.unknown_outcomes += 1
         elif kind == "done":
@@ -181,7 +186,13 @@ def parse_journal(data: bytes, path: str) -> tuple[JournalState, int]:
                 "`ingest run ... --restart` (the old file is kept as .bak) or use another "
                 "--checkpoint"
             ) from exc
-    state.in_flight = sorted(sending.values(), key=lambda r: (r["seq"], r["part"]))
+    # In flight: sent (maybe committed) and not yet settled. A batch halved after a
+    # refusal, or re-sent by a later run, is settled once its lines are done or rejected.
+    settled = state.covered.covers
+    state.in_flight = sorted(
+        (r for r in sending.values() if not settled(*r["lines"])),
+        key=lambda r: (r["seq"], r["part"]),
+    )
     return state, good
 
 
@@ -258,7 +269,14 @@ class CheckpointJournal:
             raise
         journal = cls(path, fd, rejects_path)
         if state.attempts:
-            journal._already_rejected = _recent_rejects(rejects_path)
+            try:
+                journal._already_rejected = _recent_rejects(rejects_path)
+            except OSError as exc:
+                journal.release()
+                raise CheckpointError(
+                    f"{rejects_path}: cannot open the rejects file: {exc.strerror}; "
+                    "pass --rejects PATH somewhere writable"
+                ) from exc
         return journal, state
 
     @staticmethod

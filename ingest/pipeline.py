@@ -84,11 +84,12 @@ async def upload(
     try:
         return await run.execute()
     finally:
-        journal.release()
         if state.attempts == 0 and not run.passed_preflight:
-            # A run refused before reading anything leaves no checkpoint behind.
+            # A run refused before reading anything leaves no checkpoint behind
+            # (unlinked while the lock is held, so no other run can have taken it).
             with contextlib.suppress(OSError):
                 os.unlink(config.checkpoint_path)
+        journal.release()
 
 
 def _open_checkpoint(config: RunConfig) -> tuple[CheckpointJournal, JournalState]:
@@ -190,9 +191,12 @@ class _Run:
                 failure.summary = self.summary("failed", failure.exit_code, str(failure))
             raise failure
         if not self.complete:
-            return self.summary(
-                "interrupted", EXIT_INTERRUPTED, "re-run the same command to resume"
+            hint = (
+                "stdin cannot be resumed: rows read but not delivered are lost"
+                if self.config.input == "-"
+                else "re-run the same command to resume"
             )
+            return self.summary("interrupted", EXIT_INTERRUPTED, hint)
         rejected = self.state.rejected_rows + self.stats.rows_rejected
         if rejected:
             return self.summary(

@@ -97,8 +97,11 @@ class Sender:
                     return
                 self.resolved += 1
 
-    async def deliver(self, batch: Batch) -> None:
-        """Deliver one batch, halving it while the server refuses rows in it or its size."""
+    async def deliver(self, batch: Batch, *, resends_unknown: bool = False) -> None:
+        """Deliver one batch, halving it while the server refuses rows in it or its size.
+
+        ``resends_unknown``: this batch sends again rows whose earlier outcome is unknown.
+        """
         if self._stopping.is_set():
             raise _Abandoned  # not sent yet: the resumed run sends it
         await self._journal.write(
@@ -111,7 +114,7 @@ class Sender:
                 "rows": len(batch.rows),
             }
         )
-        reply = await self.post(batch)
+        reply = await self.post(batch, resends_unknown=resends_unknown)
         if classify(reply.status) is Action.DELIVERED:
             await self._done(batch, len(batch.rows), _example_ids(reply, len(batch.rows)))
             self._stats.rows_delivered += len(batch.rows)
@@ -119,12 +122,15 @@ class Sender:
         elif len(batch.rows) > 1:
             self._stats.retries["split"] += 1
             log.info("%s refused (%s); halving it", batch.name, reply.problem())
-            # The whole is settled: from here on its halves are what is in flight.
+            # The whole stays in flight (a 500 may have committed it) until its halves
+            # settle every line of it.
             await self._journal.write(
                 {"t": "split", "seq": batch.seq, "part": batch.part}, durable=False
             )
-            for half in batch.split():
-                await self.deliver(half)
+            unknown = classify(reply.status) is Action.RETRY_UNKNOWN
+            first, second = batch.split()
+            await self.deliver(first, resends_unknown=unknown)
+            await self.deliver(second)
         else:
             reject = Reject(
                 batch.last_line,
@@ -160,7 +166,7 @@ class Sender:
             durable=False,
         )
 
-    async def post(self, batch: Batch) -> Reply:
+    async def post(self, batch: Batch, *, resends_unknown: bool = False) -> Reply:
         """POST the batch until a 2xx or a refusal of its rows; raise when that cannot be."""
         body = batch.body()
 
@@ -175,6 +181,7 @@ class Sender:
             batch.name,
             on_unknown=unknown,
             split_after_500s=2 if len(batch.rows) > 1 else None,
+            resends_unknown=resends_unknown,
         )
 
     async def call(
@@ -184,6 +191,7 @@ class Sender:
         *,
         on_unknown: Callable[[str], Awaitable[None]] | None = None,
         split_after_500s: int | None = None,
+        resends_unknown: bool = False,
     ) -> Reply:
         """Make ``request`` until it answers 2xx or refuses the rows, within the retry bounds.
 
@@ -195,8 +203,15 @@ class Sender:
         """
         attempts = throttled = fives = 0
         started = self._clock()
+        # Retries and resent unknown outcomes count once the request really goes out.
+        owed_retry: str | None = None
+        owed_unknown = resends_unknown
         while True:
             await self._ready()
+            if owed_retry is not None:
+                self._stats.retries[_bucket(owed_retry)] += 1
+            self._stats.unknown_resent += owed_unknown
+            owed_retry, owed_unknown = None, False
             self._stats.requests += 1
             reply, action, cause = await self._attempt(request)
             if action in (Action.DELIVERED, Action.SPLIT):
@@ -205,14 +220,12 @@ class Sender:
             if action in (Action.AUTH, Action.NOT_FOUND, Action.FAIL):
                 assert reply is not None
                 raise self._fatal(action, reply, what)
-            # Journaled whether or not the rows are sent again; counted once they are.
             unknown = action is Action.RETRY_UNKNOWN and on_unknown is not None
             if unknown and on_unknown is not None:
-                await on_unknown(cause)
+                await on_unknown(cause)  # journaled whether or not the rows go again
             fives = fives + 1 if reply is not None and reply.status == 500 else 0
             if split_after_500s is not None and fives >= split_after_500s:
                 assert reply is not None
-                self._stats.unknown_resent += unknown  # the halves send these rows again
                 return reply
             if action is Action.RATE_LIMITED:
                 throttled += 1
@@ -228,8 +241,7 @@ class Sender:
                     f"{what} did not succeed after {attempts} attempts in {elapsed:.0f}s "
                     f"(last: {cause}, next wait {wait:.0f}s); re-run the same command to resume"
                 )
-            self._stats.unknown_resent += unknown
-            self._stats.retries[_bucket(cause)] += 1
+            owed_retry, owed_unknown = cause, unknown
             log.debug("%s: %s; retrying in %.2fs", what, cause, wait)
             if action is not Action.RATE_LIMITED:
                 await self._pause(wait)

@@ -14,6 +14,7 @@ change escapes. orjson only *validates* the line.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import sys
 import zlib
@@ -31,6 +32,7 @@ RESERVED_PREFIX = "source_record_"
 # `{"examples":[` + `]}`: the envelope every batch body carries.
 ENVELOPE_BYTES = 15
 _WHITESPACE = b" \t\r\n"
+_SLACK = 1024  # bytes a line may hold beyond batch_bytes (whitespace, CRLF) and still be read
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,11 +96,13 @@ def _check_value(value: object, raw: bytes, max_row_bytes: int) -> str | None:
 
 def open_input(path: str) -> IO[bytes]:
     """Open ``path`` for binary reading: ``-`` is stdin, ``*.gz`` is decompressed."""
-    if path == "-":
-        # Our own reader on fd 0, not sys.stdin.buffer: a read left blocked on a stdin
-        # that never ends must not hold the lock the interpreter takes at exit.
-        return open(sys.stdin.fileno(), "rb", buffering=1 << 20, closefd=False)
     try:
+        if path == "-":
+            if sys.stdin is None:  # started with fd 0 closed: fd 0 may be any file now
+                raise SourceError("stdin is closed; give --input a file", path=path)
+            # Our own reader on stdin's fd, not sys.stdin.buffer: a read left blocked on a
+            # stdin that never ends must not hold the lock the interpreter takes at exit.
+            return open(sys.stdin.fileno(), "rb", buffering=1 << 20, closefd=False)
         if path.endswith(".gz"):
             return io.BufferedReader(GzipStream(path), buffer_size=1 << 16)
         return open(path, "rb", buffering=1 << 20)
@@ -111,15 +115,16 @@ class GzipStream(io.RawIOBase):
 
     ``gzip.GzipFile`` raises as soon as it meets a truncated or corrupt member
     and drops what it decompressed in that read: up to a buffer of good rows.
-    This reads in small steps and raises only once everything before the
-    damage is out. Concatenated members are read in turn.
+    This raises only once everything before the damage is out: on a corrupt
+    step it replays the step a byte at a time from a copy of the decompressor.
+    Concatenated members are read in turn; zero padding after them is ignored.
     """
 
-    _STEP = 1 << 13  # compressed bytes per step: what a damaged step can cost
+    _STEP = 1 << 13  # compressed bytes per step
 
     def __init__(self, path: str) -> None:
-        super().__init__()
         self._file = open(path, "rb")  # noqa: SIM115 (closed in close())
+        super().__init__()
         self._inflate = zlib.decompressobj(wbits=31)
         self._in_member = False
         self._pending = memoryview(b"")
@@ -149,22 +154,38 @@ class GzipStream(io.RawIOBase):
             else:
                 self._eof = True
             return
-        out = []
+        saved = (self._inflate.copy(), self._in_member)
+        out: list[bytes] = []
         try:
-            while data:
-                self._in_member = True
-                out.append(self._inflate.decompress(data))
-                data = b""
-                if self._inflate.eof:
-                    data = self._inflate.unused_data.lstrip(b"\0")  # zero padding may follow
-                    self._inflate = zlib.decompressobj(wbits=31)
-                    self._in_member = False
+            self._feed(data, out)
         except zlib.error as exc:
+            # Replay a byte at a time (only ever on damage) to keep all output before it.
+            self._inflate, self._in_member = saved
+            out.clear()
+            with contextlib.suppress(zlib.error):
+                for i in range(len(data)):
+                    self._feed(data[i : i + 1], out)
             self._error = exc
         self._pending = memoryview(b"".join(out))
 
+    def _feed(self, data: bytes, out: list[bytes]) -> None:
+        while data:
+            if not self._in_member:
+                data = data.lstrip(b"\0")  # padding between or after members
+                if not data:
+                    return
+            self._in_member = True
+            out.append(self._inflate.decompress(data))
+            data = b""
+            if self._inflate.eof:
+                data = self._inflate.unused_data
+                self._inflate = zlib.decompressobj(wbits=31)
+                self._in_member = False
+
     def close(self) -> None:
-        self._file.close()
+        # A stream whose file failed to open is still finalized: it has nothing to close.
+        if (file := getattr(self, "_file", None)) is not None:
+            file.close()
         super().close()
 
 
@@ -229,24 +250,37 @@ class JsonlSource:
         rows, lines, ends, rejects = chunk.rows, chunk.lines, chunk.ends, chunk.rejects
         readline, skip, loads = self._file.readline, self._skip, orjson.loads
         limit = self.max_row_bytes - ENVELOPE_BYTES
+        # No sendable row is longer; room is left for whitespace and a CRLF.
+        cap = self.max_row_bytes + _SLACK
         number, offset = self._line, self._offset
         try:
             while len(rows) + len(rejects) < max_lines:
-                line = readline()
+                line = readline(cap)
                 if not line:
                     break
                 number += 1
                 start = offset
-                offset += len(line)
+                size = len(line)
+                if size == cap and not line.endswith(b"\n"):
+                    size += self._skip_rest_of_line()  # never held whole: memory stays flat
+                offset += size
                 if skip is not None and skip(number):
                     self.skipped += 1
+                    continue
+                if size > len(line):
+                    too_long = (
+                        f"row is {size:,} bytes, larger than batch_bytes "
+                        f"({self.max_row_bytes:,}); raise batch_bytes or shrink the row "
+                        f"(the rejects file keeps its first {_SLACK} bytes)"
+                    )
+                    rejects.append(Reject(number, start, offset, too_long, line[:_SLACK]))
                     continue
                 raw = line.strip(_WHITESPACE)
                 if number == 1 and raw.startswith(BOM):
                     raw = raw[len(BOM) :].strip(_WHITESPACE)
                 if not raw:
                     continue
-                reason: str | None
+                reason: str | None = None
                 try:
                     value = loads(raw)
                 except orjson.JSONDecodeError as exc:
@@ -277,6 +311,15 @@ class JsonlSource:
         finally:
             self._line, self._offset = number, offset
         return chunk
+
+    def _skip_rest_of_line(self) -> int:
+        """Read past the rest of an over-long line in bounded steps; return its bytes."""
+        skipped = 0
+        while part := self._file.readline(1 << 20):
+            skipped += len(part)
+            if part.endswith(b"\n"):
+                break
+        return skipped
 
     @property
     def position(self) -> tuple[int, int]:

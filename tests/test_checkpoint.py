@@ -86,6 +86,39 @@ async def test_in_flight_is_what_the_last_run_left_open(tmp_path: Path) -> None:
     assert state.delivered_rows == 20
 
 
+async def test_in_flight_outlives_runs_that_do_not_settle_it(tmp_path: Path) -> None:
+    """Batches in flight stay named through later runs until their lines are done."""
+    path = tmp_path / "ck"
+    await write_records(
+        path,
+        [
+            {"t": "start"},
+            sending(0, 1, 10),  # killed in flight
+            {"t": "start"},  # refused at the preflight: re-sent nothing
+            {"t": "start"},
+            sending(1, 1, 20),
+            {"t": "split", "seq": 1, "part": ""},  # halved after 500s (maybe committed)
+            {**sending(1, 1, 10), "part": "0"},
+            {**done(1, 1, 10), "part": "0"},  # the first half; the second never went (a stop)
+        ],
+    )
+    state = read_journal(str(path))
+    assert [(r["seq"], r["part"], r["lines"]) for r in state.in_flight] == [(1, "", [1, 20])]
+    await write_records(path, [{"t": "start"}, sending(2, 11, 20), done(2, 11, 20)])
+    assert read_journal(str(path)).in_flight == []
+
+
+async def test_an_unopenable_rejects_file_is_a_checkpoint_error(tmp_path: Path) -> None:
+    """A rejects path that cannot be opened is a clear error and leaves the checkpoint free."""
+    path, rejects = tmp_path / "ck", tmp_path / "rejects"
+    await write_records(path, [{"t": "start"}])
+    rejects.mkdir()
+    with pytest.raises(CheckpointError, match="cannot open the rejects file"):
+        CheckpointJournal.open(str(path), FP, rejects_path=str(rejects))
+    journal, _ = CheckpointJournal.open(str(path), FP, rejects_path=str(tmp_path / "r2"))
+    journal.release()
+
+
 async def test_torn_last_line_is_dropped(tmp_path: Path) -> None:
     """A half-written last record (a crash mid-write) is ignored and cut off on open."""
     path = tmp_path / "ck"

@@ -300,3 +300,17 @@ def test_a_refused_run_leaves_no_checkpoint_and_data_files_are_never_overwritten
     kept = run_ingest(ingest_cmd(tmp_path, server, "--restart"))
     assert kept.returncode == 2 and "not an ingest checkpoint" in kept.stderr
     assert (tmp_path / "run.ckpt").read_text() == "precious data\n"
+
+
+def test_closed_stdin_is_a_clear_error(server: str, tmp_path: Path) -> None:
+    """`--input -` with stdin closed says so (exit 2) instead of reading whatever fd 0 is."""
+    cmd = ingest_cmd(tmp_path, server)
+    cmd[cmd.index("--input") + 1] = "-"
+    closed = subprocess.run(
+        ["sh", "-c", 'exec "$@" 0<&-', "sh", *cmd],
+        env={**os.environ, "ARIZE_API_KEY": KEY},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert closed.returncode == 2 and "stdin is closed" in closed.stderr

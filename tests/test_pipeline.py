@@ -338,3 +338,17 @@ async def test_a_stop_abandons_batches_waiting_to_retry(fake: Any, tmp_path: Pat
     assert (summary.status, summary.exit_code) == ("interrupted", 130)
     state = read_journal(summary.checkpoint)
     assert state.delivered_rows == 0 and len(state.in_flight) <= 4
+
+
+async def test_unknown_outcomes_count_as_resent_only_when_resent(fake: Any, tmp_path: Path) -> None:
+    """A 503 after commit that is never retried is journaled as unknown but not counted resent."""
+    write_rows(tmp_path / "rows.jsonl", 100)
+    fake.state.faults.fail_after_commit_rate = 1.0
+    with pytest.raises(ingest.RetriesExhaustedError) as info:
+        await ingest.upload(
+            api_key=fake.api_key, **settings(fake, tmp_path, concurrency=1, max_attempts=1)
+        )
+    summary = info.value.summary
+    assert (summary.unknown_resent, summary.retries) == (0, {})
+    state = read_journal(summary.checkpoint)
+    assert state.unknown_outcomes == 1 and [r["lines"] for r in state.in_flight] == [[1, 100]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import random
 import zlib
@@ -162,3 +163,48 @@ def test_reject_line_keeps_raw_bytes_even_when_not_utf8() -> None:
     """The rejects file holds the raw line, base64 when it is not UTF-8."""
     entry = orjson.loads(Reject(3, 10, 20, "not valid UTF-8", b"\xff\xfe").to_json())
     assert entry == {"line": 3, "offset": 10, "reason": "not valid UTF-8", "raw_base64": "//4="}
+
+
+def test_corrupt_gzip_hands_over_every_row_decoded_before_the_damage(tmp_path: Path) -> None:
+    """A .gz whose damage zlib finds mid-read (here: a bad CRC) still yields every row before it."""
+    rows = b"".join(
+        orjson.dumps({"i": i, "pad": random.Random(i).randbytes(30).hex()}) + b"\n"
+        for i in range(20_000)
+    )
+    packed = bytearray(gzip.compress(rows))
+    packed[-8] ^= 0xFF  # the CRC32 in the trailer, checked in the same read as the last rows
+    path = tmp_path / "in.jsonl.gz"
+    path.write_bytes(packed)
+    good = []
+    source = JsonlSource(str(path), max_row_bytes=1 << 20)
+    with source, pytest.raises(SourceError, match="incorrect data check"):
+        while True:
+            good.extend(source.read_chunk(max_lines=1000).rows)
+    assert good == rows.splitlines()
+
+
+def test_gzip_zero_padding_after_a_member_is_ignored(tmp_path: Path) -> None:
+    """Zero padding after the last member, even across read steps, is not an error."""
+    path = tmp_path / "in.jsonl.gz"
+    path.write_bytes(gzip.compress(b'{"a":1}\n') + b"\0" * 20_000)
+    assert [i[2] for i in read_all(JsonlSource(str(path), max_row_bytes=1024))] == [b'{"a":1}']
+
+
+def test_a_huge_line_is_rejected_without_being_held(tmp_path: Path) -> None:
+    """A line far over batch_bytes is skipped in bounded reads; offsets stay right after it."""
+    path = tmp_path / "in.jsonl"
+    huge = b'{"a":"' + b"x" * (5 << 20) + b'"}\n'
+    path.write_bytes(b'{"before":1}\n' + huge + b'{"after":2}\n')
+    items = read_all(JsonlSource(str(path), max_row_bytes=1 << 20))
+    reject = items[1]
+    assert isinstance(reject, Reject) and reject.line == 2
+    assert reject.reason.startswith(f"row is {len(huge):,} bytes, larger than batch_bytes")
+    assert len(reject.raw) == 1024
+    assert items[2] == (3, len(path.read_bytes()), b'{"after":2}')
+
+
+def test_missing_gzip_input_is_a_clean_source_error(tmp_path: Path) -> None:
+    """A .gz that cannot be opened names the path and leaves nothing half-built behind."""
+    with pytest.raises(SourceError, match="nope.jsonl.gz"):
+        JsonlSource(str(tmp_path / "nope.jsonl.gz"), max_row_bytes=1024)
+    gc.collect()  # a half-built stream's finalizer would raise here
