@@ -3,13 +3,16 @@
 Starts the fake server in its own process, writes a sample (BENCH_ROWS rows,
 default 200,000), then uploads it with each client in turn (each into a fresh
 dataset), alternating for BENCH_ROUNDS rounds. Prints rows/s, the ratio of
-ingest to the bare uploader, and each client's peak RSS; then peak RSS of
-ingest at 5x the rows, to show memory stays flat. Ratios are what to quote:
+ingest to the bare uploader (and to the official SDK, when installed), and each
+client's peak RSS; then peak RSS of ingest at 5x the rows, to show memory stays
+flat. Ratios are what to quote:
 the machines are shared and absolute times are noisy.
 """
 
 from __future__ import annotations
 
+import base64
+import importlib.util
 import os
 import subprocess
 import sys
@@ -79,7 +82,10 @@ def held(url: str, dataset: str) -> int:
 
 
 def main() -> None:
-    datasets = [f"YmVuY2g{i}" for i in range(2 * ROUNDS + 1)]
+    # Ids as Arize makes them (base64 of "Dataset:N:..."): the SDK tells ids from names so.
+    datasets = [
+        base64.b64encode(f"Dataset:{i}:bench".encode()).decode() for i in range(2 * ROUNDS + 2)
+    ]
     server, url = start_server(datasets)
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -105,6 +111,16 @@ def main() -> None:
                 rss = max(m for _, m in runs)
                 print(f"  {name:7} best {ROWS / best[name]:>10,.0f} rows/s   peak RSS {rss} MiB")
             print(f"  ingest / bare throughput: {best['bare'] / best['ingest']:.2f}")
+            if importlib.util.find_spec("arize") is not None:
+                sdk_ds = datasets[2 * ROUNDS]
+                sdk_time, sdk_rss = timed(
+                    [sys.executable, str(ROOT / "bench" / "sdk.py"), str(sample), url, sdk_ds]
+                )
+                assert held(url, sdk_ds) == ROWS
+                print(
+                    f"  arize SDK       {ROWS / sdk_time:>10,.0f} rows/s   peak RSS {sdk_rss} MiB"
+                )
+                print(f"  ingest / arize SDK throughput: {sdk_time / best['ingest']:.2f}")
             big = Path(tmp) / "big.jsonl"
             write_sample(big, 5 * ROWS)
             _, big_rss = timed(ingest_cmd(big, url, datasets[-1], Path(tmp) / "big.ckpt"))
