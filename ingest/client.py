@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import aiohttp
 import orjson
+from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
 USER_AGENT = f"ingest/{version('ingest')}"
@@ -44,6 +45,19 @@ class Reply:
                 return f"HTTP {self.status}: {text}"
         snippet = self.body[:200].decode("utf-8", "replace").strip()
         return f"HTTP {self.status}" + (f": {snippet}" if snippet else "")
+
+
+def env_proxy(url: URL) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+    """The proxy ``HTTPS_PROXY``/``HTTP_PROXY`` name for ``url``, unless ``NO_PROXY`` excludes it.
+
+    Looked up once per run. A session with ``trust_env=True`` would do it (and
+    a ``~/.netrc`` lookup, whose credentials clash with our bearer header) on
+    every request, in a thread.
+    """
+    try:
+        return get_env_proxy_for_url(url)
+    except LookupError:
+        return None, None
 
 
 def dataset_path(dataset_id: str) -> str:
@@ -82,6 +96,7 @@ class DatasetsClient:
             "User-Agent": USER_AGENT,
         }
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._proxy, self._proxy_auth = env_proxy(url)
 
     async def get_dataset(self) -> Reply:
         """GET the dataset: checks the key and that the dataset exists."""
@@ -98,6 +113,8 @@ class DatasetsClient:
             data=body,
             headers=self._headers,
             timeout=self._timeout,
+            proxy=self._proxy,
+            proxy_auth=self._proxy_auth,
         ) as resp:
             data = await resp.read()
             return Reply(resp.status, data, resp.headers.get("Retry-After"))

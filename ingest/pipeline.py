@@ -159,7 +159,9 @@ class _Run:
                 spans,
             )
         failure: BaseException | None = None
-        async with aiohttp.ClientSession(trust_env=True) as session:
+        # Proxies come from the environment once per run (see client.env_proxy);
+        # SSL_CERT_FILE is honoured by OpenSSL's default verify paths.
+        async with aiohttp.ClientSession() as session:
             client = DatasetsClient(
                 session,
                 base_url=self.config.base_url,

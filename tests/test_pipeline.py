@@ -352,3 +352,31 @@ async def test_unknown_outcomes_count_as_resent_only_when_resent(fake: Any, tmp_
     assert (summary.unknown_resent, summary.retries) == (0, {})
     state = read_journal(summary.checkpoint)
     assert state.unknown_outcomes == 1 and [r["lines"] for r in state.in_flight] == [[1, 100]]
+
+
+async def test_https_proxy_from_the_environment_is_used(
+    fake: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP(S)_PROXY is honoured: rows for an unresolvable host arrive through the proxy."""
+    write_rows(tmp_path / "rows.jsonl", 300)
+    # The fake answers absolute-form proxy requests as if it were the API behind the proxy.
+    monkeypatch.setenv("HTTP_PROXY", fake.url)
+    monkeypatch.setenv("NO_PROXY", "")
+    summary = await ingest.upload(
+        api_key=fake.api_key, **settings(fake, tmp_path, base_url="http://api.arize.invalid")
+    )
+    assert summary.exit_code == 0
+    assert fake.state.example_count(fake.dataset_id) == 300
+
+
+async def test_a_netrc_entry_for_the_host_does_not_clash_with_the_key(
+    fake: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ~/.netrc with credentials for the API host does not break the bearer header."""
+    write_rows(tmp_path / "rows.jsonl", 50)
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    summary = await ingest.upload(api_key=fake.api_key, **settings(fake, tmp_path))
+    assert summary.exit_code == 0
