@@ -34,7 +34,13 @@ from ingest.batcher import Batch, Batcher
 from ingest.checkpoint import CheckpointJournal, JournalState, fingerprint
 from ingest.client import DatasetsClient, Reply
 from ingest.config import API_KEY_ENV, RunConfig
-from ingest.errors import ConfigError, DatasetNotFoundError, IngestError, SourceError
+from ingest.errors import (
+    ConfigError,
+    DatasetNotFoundError,
+    DeliveryError,
+    IngestError,
+    SourceError,
+)
 from ingest.report import Progress, RunStats, Summary, summarize
 from ingest.retry import Action, RetryPolicy
 from ingest.sender import Sender
@@ -259,8 +265,10 @@ class _Run:
         reply = await self._sender(client.append, None).call(
             client.get_dataset, "the preflight GET of the dataset"
         )
-        if not classify_ok(reply):
-            raise IngestError(f"the preflight GET of the dataset failed: {reply.problem()}")
+        if not classify_ok(reply):  # a 400/422: nothing retrying or halving can fix
+            raise DeliveryError(
+                f"the API refused the preflight GET of the dataset ({reply.problem()})"
+            )
         if self.config.dataset_version_id:
             doc = reply.json()
             versions = doc.get("versions") if isinstance(doc, dict) else None

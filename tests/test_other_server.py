@@ -91,3 +91,30 @@ async def test_100k_rows_land_once_on_another_compatible_server(
     assert (summary.exit_code, summary.rows_delivered) == (0, rows)
     assert summary.retries["429"] > 0 and summary.retries["5xx"] > 0
     assert set(server.rows) == set(range(rows)) and set(server.rows.values()) == {1}
+
+
+async def test_a_refused_preflight_is_a_delivery_error(tmp_path: Path) -> None:
+    """A 422 to the preflight GET (say, a malformed id) exits 5 with the server's detail."""
+
+    async def refuse(request: web.Request) -> web.Response:
+        problem = {"status": 422, "title": "Unprocessable", "detail": "invalid dataset id"}
+        return web.json_response(problem, status=422, content_type="application/problem+json")
+
+    app = web.Application()
+    app.router.add_get("/v2/datasets/{id}", refuse)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        (tmp_path / "rows.jsonl").write_bytes(b'{"a": 1}\n')
+        with pytest.raises(ingest.DeliveryError, match="invalid dataset id") as info:
+            await ingest.upload(
+                api_key=KEY,
+                input=str(tmp_path / "rows.jsonl"),
+                dataset_id="bad id",
+                base_url=f"http://127.0.0.1:{runner.addresses[0][1]}",
+            )
+        assert info.value.exit_code == 5
+    finally:
+        await runner.cleanup()
