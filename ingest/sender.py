@@ -45,10 +45,10 @@ class _Abandoned(Exception):
 class Sender:
     """Delivers batches: one instance, ``concurrency`` tasks running ``work``.
 
-    sender = Sender(append=client.append, journal=journal, policy=RetryPolicy(), ...)
+    sender = Sender(append=client.append, journal=journal, stopping=stop, ...)
     async with anyio.create_task_group() as tg:
         for _ in range(8):
-            tg.start_soon(sender.work, batches.clone(), stopping)
+            tg.start_soon(sender.work, batches.clone(), on_failure)
     """
 
     def __init__(
