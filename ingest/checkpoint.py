@@ -40,6 +40,7 @@ import anyio
 import orjson
 
 from ingest.errors import CheckpointError
+from ingest.source import Reject
 
 JOURNAL_VERSION = 1
 _EDGE = 1 << 20
@@ -320,13 +321,16 @@ class CheckpointJournal:
         """Append ``record``; if ``durable``, return once it (and all before it) is fsynced."""
         await self._append(orjson.dumps(record) + b"\n", None, durable)
 
-    async def reject(
-        self, record: dict[str, Any], rejects_line: bytes, *, durable: bool = False
-    ) -> None:
+    async def reject(self, item: Reject, *, durable: bool = False) -> None:
         """Record a rejected line: first in the rejects file, then in the journal."""
-        if record["line"] in self._already_rejected:
-            # A crash fell between the rejects file and the journal: the line is there already.
-            rejects_line = b""
+        record = {
+            "t": "rejected",
+            "line": item.line,
+            "bytes": [item.start, item.end],
+            "reason": item.reason,
+        }
+        # After a crash between the rejects file and the journal, the line is there already.
+        rejects_line = b"" if item.line in self._already_rejected else item.to_json()
         await self._append(orjson.dumps(record) + b"\n", rejects_line, durable)
 
     async def _append(self, line: bytes, rejects_line: bytes | None, durable: bool) -> None:

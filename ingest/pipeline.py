@@ -42,7 +42,7 @@ from ingest.errors import (
     SourceError,
 )
 from ingest.report import Progress, RunStats, Summary, summarize
-from ingest.retry import Action, RetryPolicy
+from ingest.retry import Action, RetryPolicy, classify
 from ingest.sender import Sender
 from ingest.source import Chunk, JsonlSource, Reject
 
@@ -265,7 +265,7 @@ class _Run:
         reply = await self._sender(client.append, None).call(
             client.get_dataset, "the preflight GET of the dataset"
         )
-        if not classify_ok(reply):  # a 400/422: nothing retrying or halving can fix
+        if classify(reply.status) is not Action.DELIVERED:  # a 400/422: nothing can fix it
             raise DeliveryError(
                 f"the API refused the preflight GET of the dataset ({reply.problem()})"
             )
@@ -430,16 +430,7 @@ class _Run:
 
     async def _reject(self, item: Reject, *, durable: bool) -> None:
         self._note_reject(item.line, item.reason)
-        await self.journal.reject(
-            {
-                "t": "rejected",
-                "line": item.line,
-                "bytes": [item.start, item.end],
-                "reason": item.reason,
-            },
-            item.to_json(),
-            durable=durable,
-        )
+        await self.journal.reject(item, durable=durable)
 
     async def _batch(
         self,
@@ -488,11 +479,6 @@ async def _in_daemon_thread(work: Callable[[], T]) -> T:
 
     threading.Thread(target=target, name="ingest-reader", daemon=True).start()
     return await future
-
-
-def classify_ok(reply: Reply) -> bool:
-    """Whether a reply is a 2xx."""
-    return 200 <= reply.status < 300
 
 
 def _first_ingest_error(exc: BaseException) -> BaseException:

@@ -139,15 +139,7 @@ class Sender:
                 f"refused by the server: {reply.problem()}",
                 batch.rows[0],
             )
-            await self._journal.reject(
-                {
-                    "t": "rejected",
-                    "line": reject.line,
-                    "bytes": [batch.start, batch.end],
-                    "reason": reject.reason,
-                },
-                reject.to_json(),
-            )
+            await self._journal.reject(reject)
             await self._done(batch, 0, [])
             self._on_reject(reject.line, reject.reason)
 

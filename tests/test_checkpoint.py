@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from ingest.checkpoint import CheckpointJournal, LineRanges, fingerprint, read_journal
 from ingest.errors import CheckpointError
+from ingest.source import Reject
 
 FP = {"input": {"size": 1}, "dataset_id": "ds", "dataset_version_id": None}
 
@@ -171,15 +172,15 @@ async def test_checkpoint_in_use_is_refused(tmp_path: Path) -> None:
 async def test_rejects_go_to_the_rejects_file_once(tmp_path: Path) -> None:
     """A rejected line lands in the rejects file, and a resumed run does not write it again."""
     path, rejects = tmp_path / "ck", tmp_path / "rejects.jsonl"
-    record = {"t": "rejected", "line": 3, "bytes": [20, 30], "reason": "bad"}
-    line = orjson.dumps({"line": 3, "reason": "bad", "raw": "x"}) + b"\n"
+    bad = Reject(3, 20, 30, "bad", b"x")
+    line = orjson.dumps({"line": 3, "offset": 20, "reason": "bad", "raw": "x"}) + b"\n"
     for _ in range(2):
         journal, _ = CheckpointJournal.open(str(path), FP, rejects_path=str(rejects))
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(journal.run)
                 await journal.write({"t": "start"})
-                await journal.reject(record, line)
+                await journal.reject(bad)
                 journal.close()
         finally:
             journal.release()
