@@ -75,15 +75,25 @@ def list_all(url: str, dataset: str) -> Iterator[dict[str, Any]]:
         cursor = page["pagination"]["next_cursor"]
 
 
-def start_until_done(cmd: list[str], tmp_path: Path, batches: int) -> subprocess.Popen[str]:
-    """Start ``cmd`` and return once its journal has ``batches`` done batches."""
+def start_until_done(
+    cmd: list[str], tmp_path: Path, batches: int, stdin: bytes | None = None
+) -> subprocess.Popen[str]:
+    """Start ``cmd`` and return once its journal has ``batches`` done batches.
+
+    ``stdin`` is written to the process's stdin, which is then left open.
+    """
     proc = subprocess.Popen(
         cmd,
         env={**os.environ, "ARIZE_API_KEY": KEY},
+        stdin=subprocess.PIPE if stdin is not None else None,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    if stdin is not None:
+        assert proc.stdin is not None
+        proc.stdin.buffer.write(stdin)  # type: ignore[attr-defined]
+        proc.stdin.flush()
     ckpt = tmp_path / "run.ckpt"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
@@ -248,22 +258,9 @@ def test_sigterm_ends_a_run_stalled_on_an_open_stdin(server: str, tmp_path: Path
     """A producer that stops writing but keeps stdin open does not keep ingest from exiting."""
     cmd = ingest_cmd(tmp_path, server, "--batch-rows", "100")
     cmd[cmd.index("--input") + 1] = "-"
-    proc = subprocess.Popen(
-        cmd,
-        env={**os.environ, "ARIZE_API_KEY": KEY},
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stdin is not None
-    proc.stdin.write(b"".join(orjson.dumps({"i": i}) + b"\n" for i in range(5000)))
-    proc.stdin.flush()  # and left open, as `tail -f file | ingest run ... --input -` would
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ckpt = tmp_path / "run.ckpt"
-        if ckpt.exists() and read_journal(str(ckpt)).done_batches >= 40:
-            break
-        time.sleep(0.02)
+    rows = b"".join(orjson.dumps({"i": i}) + b"\n" for i in range(5000))
+    # stdin is left open, as `tail -f file | ingest run ... --input -` would leave it.
+    proc = start_until_done(cmd, tmp_path, batches=40, stdin=rows)
     proc.send_signal(signal.SIGTERM)
     try:
         code = proc.wait(timeout=30)  # stdin still open: communicate() would close it
@@ -271,7 +268,7 @@ def test_sigterm_ends_a_run_stalled_on_an_open_stdin(server: str, tmp_path: Path
         proc.kill()
         out, err = proc.communicate()
     assert code == 130, err
-    assert b"interrupted" in out
+    assert "interrupted" in out
 
 
 def test_json_summary_and_key_hygiene_on_refusals(server: str, tmp_path: Path) -> None:
