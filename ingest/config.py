@@ -25,6 +25,14 @@ from ingest.errors import ConfigError
 API_KEY_ENV = "ARIZE_API_KEY"
 DEFAULT_BASE_URL = "https://api.arize.com"
 _PATH_FIELDS = ("input", "checkpoint", "rejects")
+_REQUIRED = {
+    "input": "input is required (--input PATH, or - for stdin)",
+    "dataset_id": "dataset_id is required (--dataset-id ID)",
+}
+# Names of the process's own standard input: read as "-", so the checkpoint is not put in /dev.
+STDIN_ALIASES = frozenset({"/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"})
+MAX_BATCH_BYTES = 256 << 20  # a body this big already draws Arize's 500; memory is concurrency x it
+_MAX_SECONDS = 7 * 24 * 3600.0  # beyond a week a wait is a typo, and asyncio's timers overflow
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,9 +64,30 @@ class RunConfig:
     restart: bool = False  # discard a checkpoint of another run (kept as <checkpoint>.bak)
 
     def __post_init__(self) -> None:
-        problems = list(_problems(self))
+        # A library caller may pass pathlib.Path (any os.PathLike) for a path.
+        for name in _PATH_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                object.__setattr__(self, name, os.fspath(value))
+        if self.input in STDIN_ALIASES:
+            object.__setattr__(self, "input", "-")
+        problems = [p for name in _FIELDS if (p := _type_problem(name, getattr(self, name)))]
+        if not problems:
+            problems = _problems(self)
         if problems:
             raise ConfigError("; ".join(problems))
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> RunConfig:
+        """A RunConfig from keyword settings; a missing or unknown one is a ConfigError."""
+        unknown = sorted(set(settings) - set(_FIELDS))
+        if unknown:
+            known = ", ".join(sorted(_FIELDS))
+            raise ConfigError(f"unknown setting {unknown[0]!r} (known: {known})")
+        missing = [text for name, text in _REQUIRED.items() if settings.get(name) is None]
+        if missing:
+            raise ConfigError("; ".join(missing))
+        return cls(**settings)
 
     @property
     def checkpoint_path(self) -> str:
@@ -84,39 +113,47 @@ class RunConfig:
 
     def replace(self, **changes: Any) -> RunConfig:
         """A copy with some settings changed (and validated again)."""
-        return dataclasses.replace(self, **changes)
+        return RunConfig.from_settings({**_settings_of(self), **changes})
 
 
 def _problems(c: RunConfig) -> list[str]:
     out = []
     if not c.input:
-        out.append("input is required (--input PATH, or - for stdin)")
+        out.append(_REQUIRED["input"])
     if not c.dataset_id:
-        out.append("dataset_id is required (--dataset-id ID)")
+        out.append(_REQUIRED["dataset_id"])
     url = urlsplit(c.base_url)
     if url.scheme not in ("http", "https") or not url.netloc:
         out.append(f"base_url must be an http(s) URL, not {c.base_url!r}")
     if not 1 <= c.batch_rows <= MAX_BATCH_ROWS:
         out.append(f"batch_rows must be 1..{MAX_BATCH_ROWS} (the API's limit), not {c.batch_rows}")
-    if c.batch_bytes < 1024:
-        out.append(f"batch_bytes must be at least 1024, not {c.batch_bytes}")
+    if not 1024 <= c.batch_bytes <= MAX_BATCH_BYTES:
+        out.append(
+            f"batch_bytes must be 1024..{MAX_BATCH_BYTES} ({MAX_BATCH_BYTES >> 20}MiB), "
+            f"not {c.batch_bytes}"
+        )
     if not 1 <= c.concurrency <= 256:
         out.append(f"concurrency must be 1..256, not {c.concurrency}")
     if c.rate is not None and not 0 <= c.rate < math.inf:
         out.append(f"rate must be a positive number (or 0 for no limit), not {c.rate}")
     out.extend(
-        f"{name} must be a positive number, not {getattr(c, name)}"
+        f"{name} must be a positive number of seconds up to {_MAX_SECONDS:.0f}, "
+        f"not {getattr(c, name)}"
         for name in ("request_timeout", "max_retry_seconds", "backoff_base", "backoff_max")
-        if not 0 < getattr(c, name) < math.inf
+        if not 0 < getattr(c, name) <= _MAX_SECONDS
     )
-    if c.max_attempts < 1:
-        out.append(f"max_attempts must be at least 1, not {c.max_attempts}")
-    if not 0 <= c.shutdown_grace < math.inf:
-        out.append(f"shutdown_grace must be 0 or more seconds, not {c.shutdown_grace}")
+    if not 1 <= c.max_attempts <= 1000:
+        out.append(f"max_attempts must be 1..1000, not {c.max_attempts}")
+    if not 0 <= c.shutdown_grace <= _MAX_SECONDS:
+        out.append(f"shutdown_grace must be 0..{_MAX_SECONDS:.0f} seconds, not {c.shutdown_grace}")
     return out
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
+def _settings_of(config: RunConfig) -> dict[str, Any]:
+    return {name: getattr(config, name) for name in _FIELDS}
 
 
 def load_toml(path: str) -> dict[str, Any]:
@@ -153,11 +190,9 @@ def build_config(toml: dict[str, Any], overrides: dict[str, Any], *, source: str
             merged["batch_bytes"] = parse_size(merged["batch_bytes"])
         except ValueError as exc:
             raise ConfigError(f"{source}: batch_bytes: {exc}") from exc
-    for key, value in merged.items():
-        _check_type(key, value, source)
     try:
-        return RunConfig(**merged)
-    except (TypeError, ConfigError) as exc:
+        return RunConfig.from_settings(merged)
+    except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from exc
 
 
@@ -173,16 +208,17 @@ def parse_size(text: str) -> int:
     return int(match.group(1)) * {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit]
 
 
-def _check_type(key: str, value: Any, source: str) -> None:
+def _type_problem(key: str, value: Any) -> str | None:
+    """Why ``value`` is not of setting ``key``'s type, or None."""
     annotation = str(_FIELDS[key].type)
-    ok = True
+    if value is None and "None" in annotation:
+        return None
     if "bool" in annotation:
         ok = isinstance(value, bool)
     elif annotation.startswith("int"):
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif "float" in annotation:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
-    elif "str" in annotation:
+    else:
         ok = isinstance(value, str)
-    if not ok:
-        raise ConfigError(f"{source}: {key} must be {annotation}, not {value!r}")
+    return None if ok else f"{key} must be {annotation}, not {value!r}"

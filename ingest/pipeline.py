@@ -75,7 +75,7 @@ async def upload(
         summary = await ingest.upload(input="rows.jsonl", dataset_id="RGF0YXNldDox")
     """
     if config is None:
-        config = RunConfig(**settings)
+        config = RunConfig.from_settings(settings)
     elif settings:
         config = config.replace(**settings)
     # Surrounding whitespace (a newline from `$(cat key)`, a CR from a CRLF .env) is
