@@ -9,19 +9,20 @@ checkpoint survives.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
 import traceback
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import orjson
 
 from ingest.checkpoint import read_journal
 from ingest.config import API_KEY_ENV, DEFAULT_BASE_URL, build_config, load_toml, parse_size
-from ingest.errors import IngestError
+from ingest.errors import ConfigError, IngestError
 from ingest.pipeline import EXIT_INTERRUPTED, upload
 from ingest.report import Summary
 
@@ -35,9 +36,34 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a usage error still gives ``--json`` its one object on stdout."""
+
+    def __init__(self, *args: Any, json_wanted: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.json_wanted = json_wanted
+
+    def error(self, message: str) -> NoReturn:
+        if self.json_wanted:
+            self.print_usage(sys.stderr)
+            text = f"{self.prog}: error: {message}"
+            sys.stderr.write(text + "\n")
+            _print_failed(ConfigError(text))
+            sys.exit(ConfigError.exit_code)
+        super().error(message)
+
+
+def _print_failed(exc: IngestError) -> None:
+    """The --json object of a run that failed before it had a summary."""
+    failed = {"status": "failed", "exit_code": exc.exit_code, "message": str(exc)}
+    sys.stdout.buffer.write(orjson.dumps(failed) + b"\n")
+    sys.stdout.flush()
+
+
+def _parser(*, json_wanted: bool = False) -> argparse.ArgumentParser:
+    parser = _Parser(
         prog="ingest",
+        json_wanted=json_wanted,
         description="Upload JSONL records into an Arize dataset: fast, resumable, every row once.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -45,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run",
         help="upload a file (re-run the same command to resume)",
+        json_wanted=json_wanted,
         description=f"Upload JSONL into a dataset. The API key comes from ${API_KEY_ENV}.",
     )
     run.add_argument("config", nargs="?", help="TOML config; flags override its settings")
@@ -70,7 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     _verbosity(run)
 
-    status = sub.add_parser("status", help="show what a checkpoint has done")
+    status = sub.add_parser(
+        "status", help="show what a checkpoint has done", json_wanted=json_wanted
+    )
     status.add_argument("--checkpoint", required=True, help="journal path")
     status.add_argument("--json", action="store_true", help="print as one JSON object")
 
@@ -95,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         from ingest.fake import main as fake_main
 
         return fake_main(argv[1:])
-    args = _parser().parse_args(argv)
+    args = _parser(json_wanted="--json" in argv).parse_args(argv)
     if args.command == "status":
         return _status(args)
     return _run(args)
@@ -126,14 +155,13 @@ def _run(args: argparse.Namespace) -> int:
     try:
         toml = load_toml(args.config) if args.config else {}
         config = build_config(toml, overrides, source=args.config or "flags")
-        summary = anyio.run(_upload_with_signals, config, backend="asyncio")
+        summary = anyio.run(_upload_with_signals, config, args.json, backend="asyncio")
     except IngestError as exc:
         print(f"ingest: error: {exc}", file=sys.stderr)  # noqa: T201
         if exc.summary is not None:
             _print_summary(exc.summary, args.json)
         elif args.json:  # a scheduler still gets one object on stdout
-            failed = {"status": "failed", "exit_code": exc.exit_code, "message": str(exc)}
-            sys.stdout.buffer.write(orjson.dumps(failed) + b"\n")
+            _print_failed(exc)
         return exc.exit_code
     except Exception:
         traceback.print_exc()
@@ -151,11 +179,11 @@ def _print_summary(summary: Summary, as_json: bool) -> None:
         print(summary.to_text())  # noqa: T201
 
 
-async def _upload_with_signals(config: Any) -> Summary:
+async def _upload_with_signals(config: Any, as_json: bool) -> Summary:
     stop = anyio.Event()
     outcome: Summary | BaseException
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_watch_signals, stop)
+        tg.start_soon(_watch_signals, stop, as_json)
         try:
             outcome = await upload(config, stop=stop, progress=True)
         except Exception as exc:  # raised below, outside the group, so it is not wrapped
@@ -166,13 +194,22 @@ async def _upload_with_signals(config: Any) -> Summary:
     return outcome
 
 
-async def _watch_signals(stop: anyio.Event) -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+# SIGHUP: the terminal went away (an ssh disconnect); wind down as for SIGTERM.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+async def _watch_signals(stop: anyio.Event, as_json: bool) -> None:
+    with anyio.open_signal_receiver(*_STOP_SIGNALS) as signals:
         async for signum in signals:
             if stop.is_set():
                 # The journal is fsynced record by record and a torn line is dropped on
                 # load, so leaving without cleanup still resumes correctly.
-                sys.stderr.write("ingest: stopped at once; re-run the same command to resume\n")
+                message = "stopped at once; re-run the same command to resume"
+                sys.stderr.write(f"ingest: {message}\n")
+                if as_json:  # a scheduler still gets its one object on stdout
+                    out = {"status": "interrupted", "exit_code": EXIT_INTERRUPTED}
+                    with contextlib.suppress(OSError):
+                        os.write(1, orjson.dumps({**out, "message": message}) + b"\n")
                 os._exit(EXIT_INTERRUPTED)
             log.warning(
                 "%s received: finishing requests in flight (press Ctrl-C again to stop at once)",
