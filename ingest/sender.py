@@ -104,16 +104,6 @@ class Sender:
         """
         if self._stopping.is_set():
             raise _Abandoned  # not sent yet: the resumed run sends it
-        await self._journal.write(
-            {
-                "t": "sending",
-                "seq": batch.seq,
-                "part": batch.part,
-                "lines": [batch.first_line, batch.last_line],
-                "bytes": [batch.start, batch.end],
-                "rows": len(batch.rows),
-            }
-        )
         reply = await self.post(batch, resends_unknown=resends_unknown)
         if classify(reply.status) is Action.DELIVERED:
             await self._done(batch, len(batch.rows), _example_ids(reply, len(batch.rows)))
@@ -162,6 +152,18 @@ class Sender:
         """POST the batch until a 2xx or a refusal of its rows; raise when that cannot be."""
         body = batch.body()
 
+        async def sending() -> None:
+            await self._journal.write(
+                {
+                    "t": "sending",
+                    "seq": batch.seq,
+                    "part": batch.part,
+                    "lines": [batch.first_line, batch.last_line],
+                    "bytes": [batch.start, batch.end],
+                    "rows": len(batch.rows),
+                }
+            )
+
         async def unknown(cause: str) -> None:
             await self._journal.write(
                 {"t": "unknown", "seq": batch.seq, "part": batch.part, "cause": cause},
@@ -171,6 +173,7 @@ class Sender:
         return await self.call(
             lambda: self._append(body),
             batch.name,
+            on_first_send=sending,
             on_unknown=unknown,
             split_after_500s=2 if len(batch.rows) > 1 else None,
             resends_unknown=resends_unknown,
@@ -181,6 +184,7 @@ class Sender:
         request: Callable[[], Awaitable[Reply]],
         what: str,
         *,
+        on_first_send: Callable[[], Awaitable[None]] | None = None,
         on_unknown: Callable[[str], Awaitable[None]] | None = None,
         split_after_500s: int | None = None,
         resends_unknown: bool = False,
@@ -189,6 +193,9 @@ class Sender:
 
         With ``split_after_500s``, that many HTTP 500s in a row return the reply so the
         caller halves the batch: Arize answers 500 to bodies it finds too large.
+        ``on_first_send`` is awaited once, after the waits a stop cuts short and just
+        before the first request: a batch journaled as sending is always sent, so a
+        stop never leaves one in flight that was not.
 
         Raises ``AuthError``, ``DatasetNotFoundError`` or ``DeliveryError`` on a refusal
         retrying cannot fix, and ``RetriesExhaustedError`` when the bounds run out.
@@ -200,6 +207,9 @@ class Sender:
         owed_unknown = resends_unknown
         while True:
             await self._ready()
+            if on_first_send is not None:
+                await on_first_send()  # durable before the POST; no stop check after it
+                on_first_send = None
             if owed_retry is not None:
                 self._stats.retries[_bucket(owed_retry)] += 1
             self._stats.unknown_resent += owed_unknown
@@ -222,7 +232,7 @@ class Sender:
             if action is Action.RATE_LIMITED:
                 throttled += 1
                 after = parse_retry_after(reply.retry_after if reply else None)
-                wait = after if after is not None else self._policy.backoff(throttled)
+                wait = self._policy.throttled(throttled, after)
                 self._gate.pause(wait)
             else:
                 attempts += 1
@@ -239,15 +249,38 @@ class Sender:
                 await self._pause(wait)
 
     async def _ready(self) -> None:
-        """Wait for the 429 pause to lift and for a slot from the rate limiter."""
+        """Wait for the 429 pause to lift and for a slot from the rate limiter.
+
+        Raises ``_Abandoned`` if a stop is asked for first: after a stop, no new
+        request starts, even one whose wait was zero (a ``Retry-After: 0``).
+        """
         while True:
-            while (left := self._gate.remaining) > 0:
+            if (left := self._gate.remaining) > 0:
                 await self._pause(left)
+                # Every paused worker wakes at the same instant: spread them out.
+                await self._pause(self._policy.jitter())
+                continue
             if self._limiter is not None:
-                await self._limiter.acquire()
+                await self._acquire(self._limiter)
             # A 429 may have paused everyone while this worker queued for its slot.
             if self._gate.remaining == 0:
-                return
+                break
+        if self._stopping.is_set():
+            raise _Abandoned
+
+    async def _acquire(self, limiter: AsyncLimiter) -> None:
+        """A slot from the rate limiter, unless a stop comes first (a slot can be seconds away)."""
+        async with anyio.create_task_group() as tg:
+
+            async def on_stop() -> None:
+                await self._stopping.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(on_stop)
+            await limiter.acquire()  # cancel-safe: aiolimiter drops a cancelled waiter
+            tg.cancel_scope.cancel()
+        if self._stopping.is_set():
+            raise _Abandoned
 
     async def _pause(self, seconds: float) -> None:
         """Wait ``seconds``; give up the batch at once if a stop is asked for meanwhile."""
