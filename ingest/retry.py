@@ -40,6 +40,13 @@ class Action(enum.Enum):
     FAIL = "fail"  # a refusal retrying cannot fix
 
 
+# The 5xx that can be a row's own fault: the server's error answer to that
+# request. A one-row batch that gets it on every attempt is rejected (see
+# sender.py). 502/503/504 come from proxies and outages, 501/505/507/511 from
+# the server or the path as a whole: those never reject a row, they end the run.
+ROW_ERROR_STATUSES = frozenset({500})
+
+
 def classify(status: int) -> Action:
     """The action an HTTP status calls for on an append."""
     if 200 <= status < 300:

@@ -4,7 +4,11 @@ Takes ``Batch`` es from a stream; gives out durable journal records: *sending*
 before each POST, *done* with the ``example_ids`` after a 2xx, *unknown* when
 an answer may hide a commit (5xx, timeout, dropped connection), and
 *rejected* for a row the server refused. A refused batch (400/413/422) is
-halved until the bad rows stand alone; the good rows are delivered.
+halved until the bad rows stand alone; the good rows are delivered. A row
+alone in its batch that gets HTTP 500 on every attempt is rejected too (the
+server fails on that row: it must not block the run), unless rows keep
+failing that way one after another with nothing delivered between: that is
+a broken server, and the run stops for a resume.
 
 Every worker shares one ``AsyncLimiter`` (the request rate) and one
 ``PauseGate`` (a 429 stops them all until ``Retry-After``).
@@ -32,14 +36,35 @@ from ingest.errors import (
     RetriesExhaustedError,
 )
 from ingest.report import RunStats
-from ingest.retry import Action, PauseGate, RetryPolicy, classify, parse_retry_after
+from ingest.retry import (
+    ROW_ERROR_STATUSES,
+    Action,
+    PauseGate,
+    RetryPolicy,
+    classify,
+    parse_retry_after,
+)
 from ingest.source import Reject
 
 log = logging.getLogger("ingest")
 
+# Rows rejected for server errors with no delivery between them, at most. A row
+# the server fails on is rare; a run of them is a server that fails on every row,
+# and rejecting on would drain the whole input into the rejects file.
+_SERVER_ERROR_REJECTS_IN_A_ROW = 3
+
 
 class _Abandoned(Exception):
     """A stop was asked for while a batch waited to be sent again: leave it."""
+
+
+class _ServerErrorEveryTime(Exception):
+    """A one-row batch got a row error (HTTP 500) on every attempt its budget allowed."""
+
+    def __init__(self, reply: Reply, attempts: int) -> None:
+        super().__init__(reply.problem())
+        self.reply = reply
+        self.attempts = attempts
 
 
 class Sender:
@@ -75,6 +100,7 @@ class Sender:
         self._gate = gate or PauseGate(clock)
         self._stopping = stopping or anyio.Event()
         self._clock = clock
+        self._server_error_rejects = 0  # since the last delivered batch
         self.resolved = 0  # batches taken from the stream and settled
 
     async def work(
@@ -104,8 +130,13 @@ class Sender:
         """
         if self._stopping.is_set():
             raise _Abandoned  # not sent yet: the resumed run sends it
-        reply = await self.post(batch, resends_unknown=resends_unknown)
+        try:
+            reply = await self.post(batch, resends_unknown=resends_unknown)
+            reason = f"refused by the server: {reply.problem()}"
+        except _ServerErrorEveryTime as exc:
+            reply, reason = exc.reply, self._server_error_reason(batch, exc)
         if classify(reply.status) is Action.DELIVERED:
+            self._server_error_rejects = 0
             await self._done(batch, len(batch.rows), _example_ids(reply, len(batch.rows)))
             self._stats.rows_delivered += len(batch.rows)
             self._stats.batches += 1
@@ -126,12 +157,28 @@ class Sender:
                 batch.last_line,
                 batch.start,
                 batch.end,
-                f"refused by the server: {reply.problem()}",
+                reason,
                 batch.rows[0],
             )
             await self._journal.reject(reject)
             await self._done(batch, 0, [])
             self._on_reject(reject.line, reject.reason)
+
+    def _server_error_reason(self, batch: Batch, exc: _ServerErrorEveryTime) -> str:
+        """The reject reason for a row the server failed on; raises if that looks like an outage."""
+        if self._server_error_rejects >= _SERVER_ERROR_REJECTS_IN_A_ROW:
+            raise RetriesExhaustedError(
+                f"{batch.name}: {exc.reply.problem()} on every attempt, after "
+                f"{self._server_error_rejects} rows in a row rejected the same way with nothing "
+                "delivered between: the server looks broken rather than failing on those rows. "
+                "Re-run the same command to resume once it is healthy (the rejected rows are in "
+                "the rejects file)"
+            )
+        self._server_error_rejects += 1
+        return (
+            f"server error: {exc.reply.problem()}, on every one of {exc.attempts} attempts "
+            "(the row may or may not be stored)"
+        )
 
     async def _done(self, batch: Batch, rows: int, example_ids: list[Any]) -> None:
         await self._journal.write(
@@ -177,6 +224,7 @@ class Sender:
             on_unknown=unknown,
             split_after_500s=2 if len(batch.rows) > 1 else None,
             resends_unknown=resends_unknown,
+            reject_row_errors=len(batch.rows) == 1,
         )
 
     async def call(
@@ -188,6 +236,7 @@ class Sender:
         on_unknown: Callable[[str], Awaitable[None]] | None = None,
         split_after_500s: int | None = None,
         resends_unknown: bool = False,
+        reject_row_errors: bool = False,
     ) -> Reply:
         """Make ``request`` until it answers 2xx or refuses the rows, within the retry bounds.
 
@@ -196,11 +245,14 @@ class Sender:
         ``on_first_send`` is awaited once, after the waits a stop cuts short and just
         before the first request: a batch journaled as sending is always sent, so a
         stop never leaves one in flight that was not.
+        With ``reject_row_errors``, bounds that run out after a row error (HTTP 500)
+        on every attempt raise ``_ServerErrorEveryTime``, so the caller rejects the row.
 
         Raises ``AuthError``, ``DatasetNotFoundError`` or ``DeliveryError`` on a refusal
         retrying cannot fix, and ``RetriesExhaustedError`` when the bounds run out.
         """
-        attempts = throttled = fives = 0
+        attempts = throttled = fives = row_errors = 0
+        last_row_error: Reply | None = None
         started = self._clock()
         # Retries and resent unknown outcomes count once the request really goes out.
         owed_retry: str | None = None
@@ -226,6 +278,8 @@ class Sender:
             if unknown and on_unknown is not None:
                 await on_unknown(cause)  # journaled whether or not the rows go again
             fives = fives + 1 if reply is not None and reply.status == 500 else 0
+            if reply is not None and reply.status in ROW_ERROR_STATUSES:
+                row_errors, last_row_error = row_errors + 1, reply
             if split_after_500s is not None and fives >= split_after_500s:
                 assert reply is not None
                 return reply
@@ -239,6 +293,9 @@ class Sender:
                 wait = self._policy.backoff(attempts)
             elapsed = self._clock() - started
             if self._policy.gives_up(attempts=attempts, elapsed=elapsed, wait=wait):
+                # 429s are not attempts: a row error on each attempt is the row's doing.
+                if reject_row_errors and last_row_error is not None and row_errors == attempts:
+                    raise _ServerErrorEveryTime(last_row_error, attempts)
                 raise RetriesExhaustedError(
                     f"{what} did not succeed after {attempts} attempts in {elapsed:.0f}s "
                     f"(last: {cause}, next wait {wait:.0f}s); re-run the same command to resume"
