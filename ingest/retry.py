@@ -4,6 +4,12 @@ Takes an HTTP status (or a transport error); gives back an ``Action``. Waits
 use exponential backoff with full jitter, or the server's ``Retry-After``.
 ``PauseGate`` is the one pause all workers share after a 429: aiolimiter paces
 requests but has no way to stop them, so the gate sits in front of it.
+
+A throttled retry (429) never waits less than the backoff floor ``base``,
+whatever ``Retry-After`` says: a ``Retry-After: 0`` honoured literally is a
+hot loop of hundreds of requests a second. After the shared pause lifts, each
+worker also waits its own ``jitter()`` (uniform in ``[0, base)``), so the
+workers do not all hit the server in the same instant.
 """
 
 from __future__ import annotations
@@ -32,6 +38,13 @@ class Action(enum.Enum):
     AUTH = "auth"
     NOT_FOUND = "not-found"
     FAIL = "fail"  # a refusal retrying cannot fix
+
+
+# The 5xx that can be a row's own fault: the server's error answer to that
+# request. A one-row batch that gets it on every attempt is rejected (see
+# sender.py). 502/503/504 come from proxies and outages, 501/505/507/511 from
+# the server or the path as a whole: those never reject a row, they end the run.
+ROW_ERROR_STATUSES = frozenset({500})
 
 
 def classify(status: int) -> Action:
@@ -80,6 +93,7 @@ class RetryPolicy:
 
     policy = RetryPolicy(max_attempts=8, max_seconds=600)
     delay = policy.backoff(attempt=3)   # uniform in [0, min(max, base * 2**3)]
+    pause = policy.throttled(1, 0.0)    # after a 429 with Retry-After: 0: base, not 0
     """
 
     max_attempts: int = 8
@@ -92,6 +106,18 @@ class RetryPolicy:
         """Full-jitter delay before retry number ``attempt`` (1 = first retry)."""
         ceiling = min(self.cap, self.base * 2.0 ** min(attempt, 32))
         return ceiling * self.rng()
+
+    def throttled(self, attempt: int, retry_after: float | None) -> float:
+        """The shared pause after 429 number ``attempt``: ``Retry-After`` or the backoff, floored.
+
+        The floor is ``base``: a server asking for no wait still gets one.
+        """
+        wait = retry_after if retry_after is not None else self.backoff(attempt)
+        return max(wait, self.base)
+
+    def jitter(self) -> float:
+        """A worker's own delay after a shared pause lifts, so workers do not stampede."""
+        return self.base * self.rng()
 
     def gives_up(self, *, attempts: int, elapsed: float, wait: float) -> bool:
         """Whether another try, after ``wait`` more seconds, would break the bounds."""

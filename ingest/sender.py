@@ -4,7 +4,11 @@ Takes ``Batch`` es from a stream; gives out durable journal records: *sending*
 before each POST, *done* with the ``example_ids`` after a 2xx, *unknown* when
 an answer may hide a commit (5xx, timeout, dropped connection), and
 *rejected* for a row the server refused. A refused batch (400/413/422) is
-halved until the bad rows stand alone; the good rows are delivered.
+halved until the bad rows stand alone; the good rows are delivered. A row
+alone in its batch that gets HTTP 500 on every attempt is rejected too (the
+server fails on that row: it must not block the run), unless rows keep
+failing that way one after another with nothing delivered between: that is
+a broken server, and the run stops for a resume.
 
 Every worker shares one ``AsyncLimiter`` (the request rate) and one
 ``PauseGate`` (a 429 stops them all until ``Retry-After``).
@@ -32,14 +36,35 @@ from ingest.errors import (
     RetriesExhaustedError,
 )
 from ingest.report import RunStats
-from ingest.retry import Action, PauseGate, RetryPolicy, classify, parse_retry_after
+from ingest.retry import (
+    ROW_ERROR_STATUSES,
+    Action,
+    PauseGate,
+    RetryPolicy,
+    classify,
+    parse_retry_after,
+)
 from ingest.source import Reject
 
 log = logging.getLogger("ingest")
 
+# Rows rejected for server errors with no delivery between them, at most. A row
+# the server fails on is rare; a run of them is a server that fails on every row,
+# and rejecting on would drain the whole input into the rejects file.
+_SERVER_ERROR_REJECTS_IN_A_ROW = 3
+
 
 class _Abandoned(Exception):
     """A stop was asked for while a batch waited to be sent again: leave it."""
+
+
+class _ServerErrorEveryTime(Exception):
+    """A one-row batch got a row error (HTTP 500) on every attempt its budget allowed."""
+
+    def __init__(self, reply: Reply, attempts: int) -> None:
+        super().__init__(reply.problem())
+        self.reply = reply
+        self.attempts = attempts
 
 
 class Sender:
@@ -75,6 +100,7 @@ class Sender:
         self._gate = gate or PauseGate(clock)
         self._stopping = stopping or anyio.Event()
         self._clock = clock
+        self._server_error_rejects = 0  # since the last delivered batch
         self.resolved = 0  # batches taken from the stream and settled
 
     async def work(
@@ -104,18 +130,13 @@ class Sender:
         """
         if self._stopping.is_set():
             raise _Abandoned  # not sent yet: the resumed run sends it
-        await self._journal.write(
-            {
-                "t": "sending",
-                "seq": batch.seq,
-                "part": batch.part,
-                "lines": [batch.first_line, batch.last_line],
-                "bytes": [batch.start, batch.end],
-                "rows": len(batch.rows),
-            }
-        )
-        reply = await self.post(batch, resends_unknown=resends_unknown)
+        try:
+            reply = await self.post(batch, resends_unknown=resends_unknown)
+            reason = f"refused by the server: {reply.problem()}"
+        except _ServerErrorEveryTime as exc:
+            reply, reason = exc.reply, self._server_error_reason(batch, exc)
         if classify(reply.status) is Action.DELIVERED:
+            self._server_error_rejects = 0
             await self._done(batch, len(batch.rows), _example_ids(reply, len(batch.rows)))
             self._stats.rows_delivered += len(batch.rows)
             self._stats.batches += 1
@@ -136,12 +157,28 @@ class Sender:
                 batch.last_line,
                 batch.start,
                 batch.end,
-                f"refused by the server: {reply.problem()}",
+                reason,
                 batch.rows[0],
             )
             await self._journal.reject(reject)
             await self._done(batch, 0, [])
             self._on_reject(reject.line, reject.reason)
+
+    def _server_error_reason(self, batch: Batch, exc: _ServerErrorEveryTime) -> str:
+        """The reject reason for a row the server failed on; raises if that looks like an outage."""
+        if self._server_error_rejects >= _SERVER_ERROR_REJECTS_IN_A_ROW:
+            raise RetriesExhaustedError(
+                f"{batch.name}: {exc.reply.problem()} on every attempt, after "
+                f"{self._server_error_rejects} rows in a row rejected the same way with nothing "
+                "delivered between: the server looks broken rather than failing on those rows. "
+                "Re-run the same command to resume once it is healthy (the rejected rows are in "
+                "the rejects file)"
+            )
+        self._server_error_rejects += 1
+        return (
+            f"server error: {exc.reply.problem()}, on every one of {exc.attempts} attempts "
+            "(the row may or may not be stored)"
+        )
 
     async def _done(self, batch: Batch, rows: int, example_ids: list[Any]) -> None:
         await self._journal.write(
@@ -162,6 +199,18 @@ class Sender:
         """POST the batch until a 2xx or a refusal of its rows; raise when that cannot be."""
         body = batch.body()
 
+        async def sending() -> None:
+            await self._journal.write(
+                {
+                    "t": "sending",
+                    "seq": batch.seq,
+                    "part": batch.part,
+                    "lines": [batch.first_line, batch.last_line],
+                    "bytes": [batch.start, batch.end],
+                    "rows": len(batch.rows),
+                }
+            )
+
         async def unknown(cause: str) -> None:
             await self._journal.write(
                 {"t": "unknown", "seq": batch.seq, "part": batch.part, "cause": cause},
@@ -171,9 +220,11 @@ class Sender:
         return await self.call(
             lambda: self._append(body),
             batch.name,
+            on_first_send=sending,
             on_unknown=unknown,
             split_after_500s=2 if len(batch.rows) > 1 else None,
             resends_unknown=resends_unknown,
+            reject_row_errors=len(batch.rows) == 1,
         )
 
     async def call(
@@ -181,25 +232,36 @@ class Sender:
         request: Callable[[], Awaitable[Reply]],
         what: str,
         *,
+        on_first_send: Callable[[], Awaitable[None]] | None = None,
         on_unknown: Callable[[str], Awaitable[None]] | None = None,
         split_after_500s: int | None = None,
         resends_unknown: bool = False,
+        reject_row_errors: bool = False,
     ) -> Reply:
         """Make ``request`` until it answers 2xx or refuses the rows, within the retry bounds.
 
         With ``split_after_500s``, that many HTTP 500s in a row return the reply so the
         caller halves the batch: Arize answers 500 to bodies it finds too large.
+        ``on_first_send`` is awaited once, after the waits a stop cuts short and just
+        before the first request: a batch journaled as sending is always sent, so a
+        stop never leaves one in flight that was not.
+        With ``reject_row_errors``, bounds that run out after a row error (HTTP 500)
+        on every attempt raise ``_ServerErrorEveryTime``, so the caller rejects the row.
 
         Raises ``AuthError``, ``DatasetNotFoundError`` or ``DeliveryError`` on a refusal
         retrying cannot fix, and ``RetriesExhaustedError`` when the bounds run out.
         """
-        attempts = throttled = fives = 0
+        attempts = throttled = fives = row_errors = 0
+        last_row_error: Reply | None = None
         started = self._clock()
         # Retries and resent unknown outcomes count once the request really goes out.
         owed_retry: str | None = None
         owed_unknown = resends_unknown
         while True:
             await self._ready()
+            if on_first_send is not None:
+                await on_first_send()  # durable before the POST; no stop check after it
+                on_first_send = None
             if owed_retry is not None:
                 self._stats.retries[_bucket(owed_retry)] += 1
             self._stats.unknown_resent += owed_unknown
@@ -216,19 +278,24 @@ class Sender:
             if unknown and on_unknown is not None:
                 await on_unknown(cause)  # journaled whether or not the rows go again
             fives = fives + 1 if reply is not None and reply.status == 500 else 0
+            if reply is not None and reply.status in ROW_ERROR_STATUSES:
+                row_errors, last_row_error = row_errors + 1, reply
             if split_after_500s is not None and fives >= split_after_500s:
                 assert reply is not None
                 return reply
             if action is Action.RATE_LIMITED:
                 throttled += 1
                 after = parse_retry_after(reply.retry_after if reply else None)
-                wait = after if after is not None else self._policy.backoff(throttled)
+                wait = self._policy.throttled(throttled, after)
                 self._gate.pause(wait)
             else:
                 attempts += 1
                 wait = self._policy.backoff(attempts)
             elapsed = self._clock() - started
             if self._policy.gives_up(attempts=attempts, elapsed=elapsed, wait=wait):
+                # 429s are not attempts: a row error on each attempt is the row's doing.
+                if reject_row_errors and last_row_error is not None and row_errors == attempts:
+                    raise _ServerErrorEveryTime(last_row_error, attempts)
                 raise RetriesExhaustedError(
                     f"{what} did not succeed after {attempts} attempts in {elapsed:.0f}s "
                     f"(last: {cause}, next wait {wait:.0f}s); re-run the same command to resume"
@@ -239,15 +306,38 @@ class Sender:
                 await self._pause(wait)
 
     async def _ready(self) -> None:
-        """Wait for the 429 pause to lift and for a slot from the rate limiter."""
+        """Wait for the 429 pause to lift and for a slot from the rate limiter.
+
+        Raises ``_Abandoned`` if a stop is asked for first: after a stop, no new
+        request starts, even one whose wait was zero (a ``Retry-After: 0``).
+        """
         while True:
-            while (left := self._gate.remaining) > 0:
+            if (left := self._gate.remaining) > 0:
                 await self._pause(left)
+                # Every paused worker wakes at the same instant: spread them out.
+                await self._pause(self._policy.jitter())
+                continue
             if self._limiter is not None:
-                await self._limiter.acquire()
+                await self._acquire(self._limiter)
             # A 429 may have paused everyone while this worker queued for its slot.
             if self._gate.remaining == 0:
-                return
+                break
+        if self._stopping.is_set():
+            raise _Abandoned
+
+    async def _acquire(self, limiter: AsyncLimiter) -> None:
+        """A slot from the rate limiter, unless a stop comes first (a slot can be seconds away)."""
+        async with anyio.create_task_group() as tg:
+
+            async def on_stop() -> None:
+                await self._stopping.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(on_stop)
+            await limiter.acquire()  # cancel-safe: aiolimiter drops a cancelled waiter
+            tg.cancel_scope.cancel()
+        if self._stopping.is_set():
+            raise _Abandoned
 
     async def _pause(self, seconds: float) -> None:
         """Wait ``seconds``; give up the batch at once if a stop is asked for meanwhile."""

@@ -470,6 +470,54 @@ async def test_large_bodies_get_500(fake: FakeService, http: aiohttp.ClientSessi
     assert fake.state.example_count(fake.dataset_id) == 1
 
 
+def nested(depth: int, *, big: bool = False) -> bytes:
+    """JSON of an example ``depth`` objects deep (1 is flat); ``big``: with a 20-digit integer."""
+    leaf = b"12345678901234567890" if big else b"1"
+    return b'{"k":' * depth + leaf + b"}" * depth
+
+
+async def post_raw(
+    http: aiohttp.ClientSession, path: str, body: bytes, method: str = "POST"
+) -> tuple[int, dict[str, Any]]:
+    """Send ``body`` as it is and return (status, parsed body)."""
+    headers = {"Content-Type": "application/json"}
+    async with http.request(method, path, data=body, headers=headers) as response:
+        return response.status, json.loads(await response.read())
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["orjson", "exact-integers"])
+async def test_deep_nesting_is_refused_with_422_not_500(
+    fake: FakeService, http: aiohttp.ClientSession, big: bool
+) -> None:
+    """An example nested past 254 levels gets a 422 naming it; one at 254 levels is stored."""
+    path = examples_path(fake.dataset_id)
+    body = b'{"examples":[{"a":1},' + nested(300, big=big) + b"]}"
+    status, problem = await post_raw(http, path, body)
+    assert_problem(status, problem, 422)
+    assert "examples[1] is nested 300 levels deep; at most 254" in problem["detail"]
+    assert fake.state.example_count(fake.dataset_id) == 0  # the batch is refused whole
+    status, reply = await post_raw(http, path, b'{"examples":[' + nested(254, big=big) + b"]}")
+    assert status == 201, reply
+    [stored] = await list_all(http, fake.dataset_id, 10)
+    assert stored["k"] == json.loads(nested(253, big=big))
+
+
+async def test_deep_nesting_is_refused_on_create_and_update(
+    fake: FakeService, http: aiohttp.ClientSession
+) -> None:
+    """A too-deep value in a dataset create or an example update is a 422 that changes nothing."""
+    status, problem = await post_raw(
+        http, "/v2/datasets", b'{"name":"deep","space_id":"c3A=","examples":[' + nested(300) + b"]}"
+    )
+    assert_problem(status, problem, 422)
+    status, reply = await post_examples(http, fake.dataset_id, [{"a": 1}])
+    [example_id] = reply["example_ids"]
+    update = b'{"examples":[{"id":"%s","a":%s}]}' % (example_id.encode(), nested(260))
+    status, problem = await post_raw(http, examples_path(fake.dataset_id), update, "PATCH")
+    assert_problem(status, problem, 422)
+    assert [e["a"] for e in fake.state.examples(fake.dataset_id)] == [1]
+
+
 async def test_latency_delays_each_request(fake: FakeService, http: aiohttp.ClientSession) -> None:
     """Faults.latency adds its delay to every /v2 request."""
     fake.state.faults.latency = 0.1

@@ -256,7 +256,6 @@ async def test_a_failed_run_keeps_every_done_record(
 ) -> None:
     """When one batch fails for good, batches other workers delivered stay journaled as done."""
     lines = [orjson.dumps({"i": i, "q": f"row {i}"}) for i in range(6000)]
-    lines[3000] = orjson.dumps({"i": 3000, "pad": "x" * 5000})  # always 500: too big
     (tmp_path / "rows.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     commit = CheckpointJournal._commit
 
@@ -264,11 +263,17 @@ async def test_a_failed_run_keeps_every_done_record(
         time.sleep(0.03)  # a busy disk widens the window where records wait in memory
         commit(self, rejects, records)
 
+    async def outage_midway() -> None:
+        while fake.state.example_count(fake.dataset_id) < 3000:  # noqa: ASYNC110 (polls)
+            await anyio.sleep(0.005)
+        fake.state.faults.fail_rate = 1.0  # every POST 503s from here on
+
     monkeypatch.setattr(CheckpointJournal, "_commit", slow_disk)
-    fake.state.faults.max_body_bytes = 4000
     run = settings(fake, tmp_path, batch_rows=20, concurrency=8, max_attempts=3)
-    with pytest.raises(ingest.RetriesExhaustedError) as info:
-        await ingest.upload(api_key=fake.api_key, **run)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(outage_midway)
+        with pytest.raises(ingest.RetriesExhaustedError) as info:
+            await ingest.upload(api_key=fake.api_key, **run)
     state = read_journal(info.value.summary.checkpoint)
     assert state.delivered_rows == fake.state.example_count(fake.dataset_id)
 

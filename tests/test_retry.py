@@ -52,6 +52,22 @@ def test_backoff_is_full_jitter_under_a_cap() -> None:
     assert RetryPolicy(rng=lambda: 0.0).backoff(5) == 0.0
 
 
+def test_throttled_waits_never_drop_below_the_floor() -> None:
+    """A 429 pause is Retry-After or the backoff, but never less than base: 0 is not honoured."""
+    policy = RetryPolicy(base=0.5, cap=30.0, rng=lambda: 0.0)
+    assert policy.throttled(1, 0.0) == 0.5  # Retry-After: 0
+    assert policy.throttled(1, 0.1) == 0.5
+    assert policy.throttled(1, 3.0) == 3.0
+    assert policy.throttled(4, None) == 0.5  # full jitter drew 0: still the floor
+    assert RetryPolicy(base=0.5, rng=lambda: 1.0).throttled(3, None) == 4.0
+
+
+def test_jitter_spreads_workers_over_the_floor() -> None:
+    """Each worker's extra wait after a shared pause is a fraction of base, drawn from rng."""
+    assert RetryPolicy(base=0.5, rng=lambda: 0.5).jitter() == 0.25
+    assert RetryPolicy(base=0.5, rng=lambda: 0.0).jitter() == 0.0
+
+
 def test_policy_gives_up_on_attempts_or_time() -> None:
     """The bounds are attempts per batch and total seconds per batch."""
     policy = RetryPolicy(max_attempts=3, max_seconds=10.0)

@@ -28,6 +28,7 @@ from ingest.fake.payload import (
     limit_value,
     optional_str,
     parse_stored,
+    refuse_too_deep,
     required_str,
 )
 from ingest.fake.problems import Problem
@@ -315,6 +316,7 @@ async def _update_examples(request: web.Request) -> web.Response:
     if optional_str(body, "new_version"):
         raise Problem(400, "the fake server does not support `new_version`; update in place")
     updates = example_list(body, allow_id=True)
+    refuse_too_deep(updates)  # before any row changes: a refused update changes none
     dumps = body.dumper()
     rows = dataset.rows
     updated: list[str] = []

@@ -18,6 +18,11 @@ import orjson
 from ingest.fake.problems import Problem
 
 MAX_EXAMPLES_PER_REQUEST: Final = 1000
+# orjson, which writes the stored rows, refuses values nested deeper than 254
+# levels. The real API's limit is not documented; the fake states its own and
+# refuses a deeper example with a 422 naming it, as the API refuses a value it
+# cannot take, rather than failing with a bare 500 after parsing it.
+MAX_NESTING: Final = 254
 RESERVED_FIELDS: Final = frozenset({"id", "created_at", "updated_at", "time", "count"})
 RESERVED_PREFIX: Final = "source_record_"
 
@@ -94,18 +99,53 @@ class Body:
 
 
 def encode_examples(body: Body, examples: list[dict[str, Any]]) -> list[bytes]:
-    """The compact JSON bytes of each example, as they will be stored."""
+    """The compact JSON bytes of each example, as they will be stored.
+
+    Raises a 422 `Problem` for an example nested deeper than `MAX_NESTING`.
+    """
     if body.exact:
+        refuse_too_deep(examples)  # the stdlib would write it; orjson could not re-read it
         return [_dumps_exact(example) for example in examples]
     # One orjson call for the whole batch costs a tenth of one call per row.
     # A marker string between rows marks where to cut; should a user value
     # hold the marker too, the cut yields too many parts and the slow path runs.
     interleaved: list[Any] = [_MARKER] * (2 * len(examples) - 1)
     interleaved[::2] = examples
-    parts = orjson.dumps(interleaved)[1:-1].split(_CUT)
+    try:
+        parts = orjson.dumps(interleaved)[1:-1].split(_CUT)
+    except orjson.JSONEncodeError:
+        # Depth is the one thing orjson refuses to write that it could parse, so
+        # the common case pays nothing for the check. An example exactly at the
+        # limit fails only inside the list: the per-row path writes it.
+        refuse_too_deep(examples)
+        parts = []
     if len(parts) == len(examples):
         return parts
     return [orjson.dumps(example) for example in examples]
+
+
+def nesting_depth(value: Any) -> int:
+    """Levels of objects and arrays in `value` (a flat object is 1), without recursion."""
+    depth = 0
+    level = [value]
+    while level := [item for item in level if isinstance(item, dict | list)]:
+        depth += 1
+        level = [
+            child for item in level for child in (item.values() if isinstance(item, dict) else item)
+        ]
+    return depth
+
+
+def refuse_too_deep(examples: list[dict[str, Any]]) -> None:
+    """Raise a 422 `Problem` naming the first example nested deeper than `MAX_NESTING`."""
+    for index, example in enumerate(examples):
+        depth = nesting_depth(example)
+        if depth > MAX_NESTING:
+            raise Problem(
+                422,
+                f"examples[{index}] is nested {depth} levels deep; at most {MAX_NESTING} "
+                "levels of objects and arrays are accepted",
+            )
 
 
 def _dumps_exact(value: Any) -> bytes:
