@@ -28,6 +28,8 @@ class Reply:
     status: int
     body: bytes
     retry_after: str | None = None
+    url: str = ""  # what was asked
+    location: str | None = None  # where a 3xx points, resolved against ``url``
 
     def json(self) -> Any:
         """The body parsed as JSON (None when it is not JSON)."""
@@ -45,6 +47,21 @@ class Reply:
                 return f"HTTP {self.status}: {text}"
         snippet = self.body[:200].decode("utf-8", "replace").strip()
         return f"HTTP {self.status}" + (f": {snippet}" if snippet else "")
+
+    @property
+    def redirected(self) -> bool:
+        """Whether the answer is a redirect, which the API never gives."""
+        return 300 <= self.status < 400
+
+    def redirect(self) -> str:
+        """A redirect in words: where it points, and that the base URL is to blame."""
+        where = f"to {self.location}" if self.location else "with no Location"
+        return (
+            f"{self.url} answered HTTP {self.status}, a redirect {where}, which was not "
+            "followed; the Arize API "
+            "never redirects, so the base URL leads elsewhere (http instead of https? a web "
+            "front end or a proxy instead of the API?): check --base-url"
+        )
 
 
 def env_proxy(url: URL) -> tuple[URL | None, aiohttp.BasicAuth | None]:
@@ -107,6 +124,8 @@ class DatasetsClient:
         return await self._request("POST", self._examples_url, body)
 
     async def _request(self, method: str, url: URL, body: bytes | None) -> Reply:
+        # Never follow a redirect: aiohttp would re-send a POST answered 301/302 as a
+        # GET (whose 200 would pass for a delivery) and drop the key on another origin.
         async with self._session.request(
             method,
             url,
@@ -115,6 +134,23 @@ class DatasetsClient:
             timeout=self._timeout,
             proxy=self._proxy,
             proxy_auth=self._proxy_auth,
+            allow_redirects=False,
         ) as resp:
             data = await resp.read()
-            return Reply(resp.status, data, resp.headers.get("Retry-After"))
+            return Reply(
+                resp.status,
+                data,
+                resp.headers.get("Retry-After"),
+                url=str(url),
+                location=_resolved(url, resp.headers.get("Location")),
+            )
+
+
+def _resolved(url: URL, location: str | None) -> str | None:
+    """``location`` made absolute against the URL asked (it may be relative)."""
+    if not location:
+        return None
+    try:
+        return str(url.join(URL(location)))
+    except ValueError:
+        return location

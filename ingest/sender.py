@@ -27,6 +27,7 @@ from ingest.checkpoint import CheckpointJournal
 from ingest.client import Reply
 from ingest.errors import (
     AuthError,
+    BaseUrlError,
     DatasetNotFoundError,
     DeliveryError,
     RetriesExhaustedError,
@@ -278,6 +279,8 @@ class Sender:
         return reply, action, f"HTTP {reply.status}"
 
     def _fatal(self, action: Action, reply: Reply, what: str) -> DeliveryError:
+        if reply.redirected:
+            return BaseUrlError(f"{what}: {reply.redirect()}")
         message = f"{self._describe(action, reply)} (during {what})"
         if action is Action.AUTH:
             return AuthError(message)
