@@ -60,8 +60,25 @@ class Reply:
             f"{self.url} answered HTTP {self.status}, a redirect {where}, which was not "
             "followed; the Arize API "
             "never redirects, so the base URL leads elsewhere (http instead of https? a web "
-            "front end or a proxy instead of the API?): check --base-url"
+            "front end or a proxy instead of the API?): check --base-url" + self._moved_to()
         )
+
+    def _moved_to(self) -> str:
+        """The base URL a redirect of the same API path to elsewhere (http to https) implies."""
+        at = self.url.rfind("/v2/datasets/")
+        tail = self.url[at:] if at >= 0 else ""
+        if not (tail and self.location and self.location.endswith(tail)):
+            return ""
+        base = self.location.removesuffix(tail)
+        if base == self.url.removesuffix(tail):
+            return ""  # a redirect to itself: no other base URL to suggest
+        try:
+            moved = URL(base).origin() != URL(self.url).origin()
+        except ValueError:  # not an absolute URL: no advice to give
+            return ""
+        # Another origin would not even get the key: its 401 must not pass for a bad key.
+        where = " (another origin: the key was not sent there)" if moved else ""
+        return f"; the API may be at {base}{where}: try --base-url {base}"
 
 
 def env_proxy(url: URL) -> tuple[URL | None, aiohttp.BasicAuth | None]:
@@ -151,6 +168,6 @@ def _resolved(url: URL, location: str | None) -> str | None:
     if not location:
         return None
     try:
-        return str(url.join(URL(location)))
+        return str(url.join(URL(location, encoded=True)))
     except ValueError:
         return location

@@ -117,3 +117,25 @@ async def test_a_redirected_preflight_fails_before_any_post(tmp_path: Path) -> N
             await ingest.upload(**settings(url, tmp_path))
     assert f"HTTP 301, a redirect to {url}/login?next=api" in str(info.value)
     assert posts == 0 and not (tmp_path / "run.ckpt").exists()
+
+
+async def test_a_redirect_to_https_is_blamed_on_the_base_url_not_the_key(
+    fake: Any, tmp_path: Path
+) -> None:
+    """A redirect to the API on another origin (http to https) says to fix --base-url, exit 5."""
+
+    async def upgrade(request: web.Request) -> web.Response:
+        return web.Response(status=301, headers={"Location": fake.url + request.raw_path})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", upgrade)
+    write_rows(tmp_path / "rows.jsonl", 5)
+    async with serving(app) as url:
+        with pytest.raises(ingest.DeliveryError) as info:
+            await ingest.upload(
+                **settings(url, tmp_path, api_key=fake.api_key, dataset_id=fake.dataset_id)
+            )
+    assert type(info.value) is ingest.BaseUrlError and info.value.exit_code == 5
+    assert "ARIZE_API_KEY" not in str(info.value)
+    assert f"try --base-url {fake.url}" in str(info.value)
+    assert fake.state.example_count(fake.dataset_id) == 0
