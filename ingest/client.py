@@ -30,6 +30,7 @@ class Reply:
     retry_after: str | None = None
     url: str = ""  # what was asked
     location: str | None = None  # where a 3xx points, resolved against ``url``
+    content_type: str = ""
 
     def json(self) -> Any:
         """The body parsed as JSON (None when it is not JSON)."""
@@ -47,6 +48,18 @@ class Reply:
                 return f"HTTP {self.status}: {text}"
         snippet = self.body[:200].decode("utf-8", "replace").strip()
         return f"HTTP {self.status}" + (f": {snippet}" if snippet else "")
+
+    def not_the_api(self, expected: str, got: str | None = None) -> str:
+        """A 2xx that is not the API's answer in words: what came, what the API sends."""
+        if got is None:
+            snippet = " ".join(self.body[:100].decode("utf-8", "replace").split())
+            kind = self.content_type or "no Content-Type"
+            got = f'{kind} "{snippet}"' if snippet else f"{kind} and an empty body"
+        return (
+            f"{self.url} answered HTTP {self.status} with {got}, not the Arize API's answer "
+            f"({expected}), so the base URL leads elsewhere (a web front end or a proxy "
+            "instead of the API?): check --base-url"
+        )
 
     @property
     def redirected(self) -> bool:
@@ -160,6 +173,7 @@ class DatasetsClient:
                 resp.headers.get("Retry-After"),
                 url=str(url),
                 location=_resolved(url, resp.headers.get("Location")),
+                content_type=resp.headers.get("Content-Type", ""),
             )
 
 

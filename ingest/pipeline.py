@@ -35,6 +35,7 @@ from ingest.checkpoint import CheckpointJournal, JournalState, fingerprint
 from ingest.client import DatasetsClient, Reply
 from ingest.config import API_KEY_ENV, RunConfig
 from ingest.errors import (
+    BaseUrlError,
     ConfigError,
     DatasetNotFoundError,
     DeliveryError,
@@ -269,9 +270,15 @@ class _Run:
             raise DeliveryError(
                 f"the API refused the preflight GET of the dataset ({reply.problem()})"
             )
+        doc = reply.json()
+        if not (isinstance(doc, dict) and isinstance(doc.get("id"), str) and doc["id"]):
+            # A web front end answers 200 to anything: only the dataset itself passes.
+            raise BaseUrlError(
+                "the preflight GET of the dataset: "
+                + reply.not_the_api('the dataset as a JSON object with its "id"')
+            )
         if self.config.dataset_version_id:
-            doc = reply.json()
-            versions = doc.get("versions") if isinstance(doc, dict) else None
+            versions = doc.get("versions")
             if isinstance(versions, list):
                 ids = {v.get("id") for v in versions if isinstance(v, dict)}
                 if self.config.dataset_version_id not in ids:

@@ -6,11 +6,14 @@ wrong ``--base-url`` (http instead of https, a web front end, a proxy) would.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+import sys
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import orjson
 import pytest
 from aiohttp import web
@@ -139,3 +142,77 @@ async def test_a_redirect_to_https_is_blamed_on_the_base_url_not_the_key(
     assert "ARIZE_API_KEY" not in str(info.value)
     assert f"try --base-url {fake.url}" in str(info.value)
     assert fake.state.example_count(fake.dataset_id) == 0
+
+
+async def test_a_web_front_end_fails_at_the_preflight(tmp_path: Path) -> None:
+    """A base URL answering 200 text/html to everything fails at the preflight, naming the URL."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", login_page)
+    write_rows(tmp_path / "rows.jsonl", 50)
+    async with serving(app) as url:
+        with pytest.raises(ingest.BaseUrlError, match="preflight") as info:
+            await ingest.upload(**settings(url, tmp_path))
+    message = str(info.value)
+    assert f"{url}/v2/datasets/" in message and "text/html" in message and "Sign in" in message
+    assert "check --base-url" in message
+    assert info.value.exit_code == 5 and info.value.summary.rows_delivered == 0
+    assert not (tmp_path / "run.ckpt").exists()
+
+
+FOUR_IDS = {"id": DATASET, "example_ids": ["a", "b", "c", "d"]}
+
+
+async def test_the_cli_run_against_a_web_front_end_fails_with_nothing_delivered(
+    tmp_path: Path,
+) -> None:
+    """`ingest run --json` against a web front end exits 5, says so, and counts 0 delivered."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", login_page)
+    write_rows(tmp_path / "rows.jsonl", 1000)
+    cmd = [sys.executable, "-m", "ingest", "run", "--json", "--rate", "0"]
+    cmd += ["--input", str(tmp_path / "rows.jsonl"), "--dataset-id", DATASET]
+    async with serving(app) as url:
+        with anyio.fail_after(60):
+            done = await anyio.run_process(
+                [*cmd, "--base-url", url], env={**os.environ, "ARIZE_API_KEY": KEY}, check=False
+            )
+    summary = orjson.loads(done.stdout)
+    assert done.returncode == 5, done.stderr
+    assert (summary["status"], summary["rows_delivered"]) == ("failed", 0)
+    assert b"text/html" in done.stderr and b"check --base-url" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("answer", "shown"),
+    [
+        (lambda: web.json_response(FOUR_IDS, status=201), "4 example_ids for 5 rows"),
+        (lambda: web.Response(text="<html>OK</html>", content_type="text/html"), "text/html"),
+    ],
+    ids=["four-ids-for-five-rows", "html"],
+)
+async def test_a_2xx_that_is_not_the_apis_answer_is_an_unknown_outcome(
+    tmp_path: Path, answer: Callable[[], web.Response], shown: str
+) -> None:
+    """A 2xx append without one example id per row stops the run; its batch is journaled unknown."""
+    posts = 0
+
+    async def append(request: web.Request) -> web.Response:
+        nonlocal posts
+        posts += 1
+        return answer()
+
+    app = web.Application()
+    app.router.add_get("/v2/datasets/{id}", a_dataset)
+    app.router.add_post("/v2/datasets/{id}/examples", append)
+    write_rows(tmp_path / "rows.jsonl", 20)
+    async with serving(app) as url:
+        with pytest.raises(ingest.BaseUrlError) as info:
+            await ingest.upload(**settings(url, tmp_path, concurrency=1))
+    message = str(info.value)
+    assert f"{url}/v2/datasets/" in message and shown in message
+    assert "check --base-url" in message and "may then be duplicated" in message
+    assert info.value.exit_code == 5 and info.value.summary.rows_delivered == 0
+    assert posts == 1
+    state = read_journal(str(tmp_path / "run.ckpt"))
+    assert (state.delivered_rows, state.done_batches, state.finished) == (0, 0, None)
+    assert state.unknown_outcomes == 1 and [r["lines"] for r in state.in_flight] == [[1, 5]]
