@@ -113,9 +113,10 @@ def dataset_path(dataset_id: str) -> str:
 
 
 class DatasetsClient:
-    """Requests to one dataset, over a shared session.
+    """Requests to one dataset, over a shared session with a connection per worker.
 
-    async with aiohttp.ClientSession(trust_env=True) as session:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
         client = DatasetsClient(session, base_url=url, api_key=key, dataset_id=ds)
         reply = await client.append(b'{"examples":[{"q":"2+2"}]}')
     """

@@ -168,7 +168,10 @@ class _Run:
         failure: BaseException | None = None
         # Proxies come from the environment once per run (see client.env_proxy);
         # SSL_CERT_FILE is honoured by OpenSSL's default verify paths.
-        async with aiohttp.ClientSession() as session:
+        # One connection per worker: in a smaller pool (aiohttp's default holds 100) a
+        # request would wait for one, and the wait counts against request_timeout.
+        connector = aiohttp.TCPConnector(limit=self.config.concurrency)
+        async with aiohttp.ClientSession(connector=connector) as session:
             client = DatasetsClient(
                 session,
                 base_url=self.config.base_url,
