@@ -8,7 +8,7 @@ retries: that is ``retry.py``'s job.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any
 from urllib.parse import quote
@@ -18,12 +18,18 @@ import orjson
 from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
+from ingest.redact import redact
+
 USER_AGENT = f"ingest/{version('ingest')}"
 
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """What the API answered."""
+    """What the API answered.
+
+    Every text made from it (``problem``, ``redirect``, ``not_the_api``) has the
+    key taken out: a server may echo the Authorization header in what it sends.
+    """
 
     status: int
     body: bytes
@@ -31,6 +37,7 @@ class Reply:
     url: str = ""  # what was asked
     location: str | None = None  # where a 3xx points, resolved against ``url``
     content_type: str = ""
+    secret: str = field(default="", repr=False, compare=False)
 
     def json(self) -> Any:
         """The body parsed as JSON (None when it is not JSON)."""
@@ -45,21 +52,27 @@ class Reply:
         if isinstance(doc, dict):
             text = doc.get("detail") or doc.get("title") or doc.get("message") or doc.get("error")
             if text:
-                return f"HTTP {self.status}: {text}"
-        snippet = self.body[:200].decode("utf-8", "replace").strip()
+                return redact(f"HTTP {self.status}: {text}", self.secret)
+        snippet = self._snippet(200)
         return f"HTTP {self.status}" + (f": {snippet}" if snippet else "")
+
+    def _snippet(self, limit: int) -> str:
+        """The body's start on one line, the key taken out before the cut."""
+        text = " ".join(self.body.decode("utf-8", "replace").split())
+        return redact(text, self.secret, limit=limit)
 
     def not_the_api(self, expected: str, got: str | None = None) -> str:
         """A 2xx that is not the API's answer in words: what came, what the API sends."""
         if got is None:
-            snippet = " ".join(self.body[:100].decode("utf-8", "replace").split())
+            snippet = self._snippet(100)
             kind = self.content_type or "no Content-Type"
             got = f'{kind} "{snippet}"' if snippet else f"{kind} and an empty body"
-        return (
+        text = (
             f"{self.url} answered HTTP {self.status} with {got}, not the Arize API's answer "
             f"({expected}), so the base URL leads elsewhere (a web front end or a proxy "
             "instead of the API?): check --base-url"
         )
+        return redact(text, self.secret)
 
     @property
     def redirected(self) -> bool:
@@ -69,12 +82,12 @@ class Reply:
     def redirect(self) -> str:
         """A redirect in words: where it points, and that the base URL is to blame."""
         where = f"to {self.location}" if self.location else "with no Location"
-        return (
+        text = (
             f"{self.url} answered HTTP {self.status}, a redirect {where}, which was not "
-            "followed; the Arize API "
-            "never redirects, so the base URL leads elsewhere (http instead of https? a web "
-            "front end or a proxy instead of the API?): check --base-url" + self._moved_to()
+            "followed; the Arize API never redirects, so the base URL leads elsewhere (http "
+            "instead of https? a web front end or a proxy instead of the API?): check --base-url"
         )
+        return redact(text + self._moved_to(), self.secret)
 
     def _moved_to(self) -> str:
         """The base URL a redirect of the same API path to elsewhere (http to https) implies."""
@@ -137,6 +150,7 @@ class DatasetsClient:
         query = {"dataset_version_id": dataset_version_id} if dataset_version_id else {}
         self._dataset_url = url.with_query(query)
         self._examples_url = URL(str(url) + "/examples", encoded=True).with_query(query)
+        self._secret = api_key
         self._headers = {
             "Authorization": f"Bearer {api_key}",
             "Content-Type": "application/json",
@@ -175,6 +189,7 @@ class DatasetsClient:
                 url=str(url),
                 location=_resolved(url, resp.headers.get("Location")),
                 content_type=resp.headers.get("Content-Type", ""),
+                secret=self._secret,
             )
 
 

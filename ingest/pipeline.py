@@ -42,6 +42,7 @@ from ingest.errors import (
     IngestError,
     SourceError,
 )
+from ingest.redact import RedactFilter
 from ingest.report import Progress, RunStats, Summary, summarize
 from ingest.retry import Action, RetryPolicy, classify
 from ingest.sender import Sender
@@ -88,9 +89,12 @@ async def upload(
         raise ConfigError(f"{API_KEY_ENV} holds a control or non-ASCII character; check its value")
     journal, state = await anyio.to_thread.run_sync(_open_checkpoint, config)
     run = _Run(config, key, journal, state, stop or anyio.Event(), progress)
+    redacting = RedactFilter(key)  # on the logger: before any handler sees a record
+    log.addFilter(redacting)
     try:
         return await run.execute()
     finally:
+        log.removeFilter(redacting)
         if state.attempts == 0 and not run.passed_preflight:
             # A run refused before reading anything leaves no checkpoint behind
             # (unlinked while the lock is held, so no other run can have taken it).
