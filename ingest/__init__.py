@@ -10,6 +10,7 @@ from importlib.metadata import version as _version
 from ingest.config import RunConfig
 from ingest.errors import (
     AuthError,
+    BaseUrlError,
     CheckpointError,
     ConfigError,
     DatasetNotFoundError,
@@ -25,6 +26,7 @@ __version__ = _version("ingest")
 
 __all__ = [
     "AuthError",
+    "BaseUrlError",
     "CheckpointError",
     "ConfigError",
     "DatasetNotFoundError",

@@ -24,6 +24,7 @@ from ingest.checkpoint import read_journal
 from ingest.config import API_KEY_ENV, DEFAULT_BASE_URL, build_config, load_toml, parse_size
 from ingest.errors import ConfigError, IngestError
 from ingest.pipeline import EXIT_INTERRUPTED, upload
+from ingest.redact import RedactFilter, redact
 from ingest.report import Summary
 
 log = logging.getLogger("ingest")
@@ -53,9 +54,9 @@ class _Parser(argparse.ArgumentParser):
         super().error(message)
 
 
-def _print_failed(exc: IngestError) -> None:
+def _print_failed(exc: IngestError, api_key: str = "") -> None:
     """The --json object of a run that failed before it had a summary."""
-    failed = {"status": "failed", "exit_code": exc.exit_code, "message": str(exc)}
+    failed = {"status": "failed", "exit_code": exc.exit_code, "message": redact(str(exc), api_key)}
     sys.stdout.buffer.write(orjson.dumps(failed) + b"\n")
     sys.stdout.flush()
 
@@ -133,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="ingest: %(message)s", stream=sys.stderr)
+    # Whatever a server echoes back, the key never reaches the terminal or the --json.
+    api_key = os.environ.get(API_KEY_ENV, "").strip()
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactFilter(api_key))
     overrides = {
         key: getattr(args, key)
         for key in (
@@ -157,26 +162,26 @@ def _run(args: argparse.Namespace) -> int:
         config = build_config(toml, overrides, source=args.config or "flags")
         summary = anyio.run(_upload_with_signals, config, args.json, backend="asyncio")
     except IngestError as exc:
-        print(f"ingest: error: {exc}", file=sys.stderr)  # noqa: T201
+        print(f"ingest: error: {redact(str(exc), api_key)}", file=sys.stderr)  # noqa: T201
         if exc.summary is not None:
-            _print_summary(exc.summary, args.json)
+            _print_summary(exc.summary, args.json, api_key)
         elif args.json:  # a scheduler still gets one object on stdout
-            _print_failed(exc)
+            _print_failed(exc, api_key)
         return exc.exit_code
     except Exception:
-        traceback.print_exc()
+        sys.stderr.write(redact(traceback.format_exc(), api_key))
         print("ingest: unexpected error (a bug: please report it)", file=sys.stderr)  # noqa: T201
         return 1
-    _print_summary(summary, args.json)
+    _print_summary(summary, args.json, api_key)
     return summary.exit_code
 
 
-def _print_summary(summary: Summary, as_json: bool) -> None:
+def _print_summary(summary: Summary, as_json: bool, api_key: str) -> None:
     if as_json:
-        sys.stdout.buffer.write(summary.to_json() + b"\n")
+        sys.stdout.buffer.write(redact(summary.to_json().decode(), api_key).encode() + b"\n")
         sys.stdout.flush()
     else:
-        print(summary.to_text())  # noqa: T201
+        print(redact(summary.to_text(), api_key))  # noqa: T201
 
 
 async def _upload_with_signals(config: Any, as_json: bool) -> Summary:

@@ -8,7 +8,7 @@ retries: that is ``retry.py``'s job.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any
 from urllib.parse import quote
@@ -18,16 +18,26 @@ import orjson
 from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
+from ingest.redact import redact
+
 USER_AGENT = f"ingest/{version('ingest')}"
 
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """What the API answered."""
+    """What the API answered.
+
+    Every text made from it (``problem``, ``redirect``, ``not_the_api``) has the
+    key taken out: a server may echo the Authorization header in what it sends.
+    """
 
     status: int
     body: bytes
     retry_after: str | None = None
+    url: str = ""  # what was asked
+    location: str | None = None  # where a 3xx points, resolved against ``url``
+    content_type: str = ""
+    secret: str = field(default="", repr=False, compare=False)
 
     def json(self) -> Any:
         """The body parsed as JSON (None when it is not JSON)."""
@@ -42,9 +52,59 @@ class Reply:
         if isinstance(doc, dict):
             text = doc.get("detail") or doc.get("title") or doc.get("message") or doc.get("error")
             if text:
-                return f"HTTP {self.status}: {text}"
-        snippet = self.body[:200].decode("utf-8", "replace").strip()
+                return redact(f"HTTP {self.status}: {text}", self.secret)
+        snippet = self._snippet(200)
         return f"HTTP {self.status}" + (f": {snippet}" if snippet else "")
+
+    def _snippet(self, limit: int) -> str:
+        """The body's start on one line, the key taken out before the cut."""
+        text = " ".join(self.body.decode("utf-8", "replace").split())
+        return redact(text, self.secret, limit=limit)
+
+    def not_the_api(self, expected: str, got: str | None = None) -> str:
+        """A 2xx that is not the API's answer in words: what came, what the API sends."""
+        if got is None:
+            snippet = self._snippet(100)
+            kind = self.content_type or "no Content-Type"
+            got = f'{kind} "{snippet}"' if snippet else f"{kind} and an empty body"
+        text = (
+            f"{self.url} answered HTTP {self.status} with {got}, not the Arize API's answer "
+            f"({expected}), so the base URL leads elsewhere (a web front end or a proxy "
+            "instead of the API?): check --base-url"
+        )
+        return redact(text, self.secret)
+
+    @property
+    def redirected(self) -> bool:
+        """Whether the answer is a redirect, which the API never gives."""
+        return 300 <= self.status < 400
+
+    def redirect(self) -> str:
+        """A redirect in words: where it points, and that the base URL is to blame."""
+        where = f"to {self.location}" if self.location else "with no Location"
+        text = (
+            f"{self.url} answered HTTP {self.status}, a redirect {where}, which was not "
+            "followed; the Arize API never redirects, so the base URL leads elsewhere (http "
+            "instead of https? a web front end or a proxy instead of the API?): check --base-url"
+        )
+        return redact(text + self._moved_to(), self.secret)
+
+    def _moved_to(self) -> str:
+        """The base URL a redirect of the same API path to elsewhere (http to https) implies."""
+        at = self.url.rfind("/v2/datasets/")
+        tail = self.url[at:] if at >= 0 else ""
+        if not (tail and self.location and self.location.endswith(tail)):
+            return ""
+        base = self.location.removesuffix(tail)
+        if base == self.url.removesuffix(tail):
+            return ""  # a redirect to itself: no other base URL to suggest
+        try:
+            moved = URL(base).origin() != URL(self.url).origin()
+        except ValueError:  # not an absolute URL: no advice to give
+            return ""
+        # Another origin would not even get the key: its 401 must not pass for a bad key.
+        where = " (another origin: the key was not sent there)" if moved else ""
+        return f"; the API may be at {base}{where}: try --base-url {base}"
 
 
 def env_proxy(url: URL) -> tuple[URL | None, aiohttp.BasicAuth | None]:
@@ -66,9 +126,10 @@ def dataset_path(dataset_id: str) -> str:
 
 
 class DatasetsClient:
-    """Requests to one dataset, over a shared session.
+    """Requests to one dataset, over a shared session with a connection per worker.
 
-    async with aiohttp.ClientSession(trust_env=True) as session:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
         client = DatasetsClient(session, base_url=url, api_key=key, dataset_id=ds)
         reply = await client.append(b'{"examples":[{"q":"2+2"}]}')
     """
@@ -89,6 +150,7 @@ class DatasetsClient:
         query = {"dataset_version_id": dataset_version_id} if dataset_version_id else {}
         self._dataset_url = url.with_query(query)
         self._examples_url = URL(str(url) + "/examples", encoded=True).with_query(query)
+        self._secret = api_key
         self._headers = {
             "Authorization": f"Bearer {api_key}",
             "Content-Type": "application/json",
@@ -107,6 +169,8 @@ class DatasetsClient:
         return await self._request("POST", self._examples_url, body)
 
     async def _request(self, method: str, url: URL, body: bytes | None) -> Reply:
+        # Never follow a redirect: aiohttp would re-send a POST answered 301/302 as a
+        # GET (whose 200 would pass for a delivery) and drop the key on another origin.
         async with self._session.request(
             method,
             url,
@@ -115,6 +179,25 @@ class DatasetsClient:
             timeout=self._timeout,
             proxy=self._proxy,
             proxy_auth=self._proxy_auth,
+            allow_redirects=False,
         ) as resp:
             data = await resp.read()
-            return Reply(resp.status, data, resp.headers.get("Retry-After"))
+            return Reply(
+                resp.status,
+                data,
+                resp.headers.get("Retry-After"),
+                url=str(url),
+                location=_resolved(url, resp.headers.get("Location")),
+                content_type=resp.headers.get("Content-Type", ""),
+                secret=self._secret,
+            )
+
+
+def _resolved(url: URL, location: str | None) -> str | None:
+    """``location`` made absolute against the URL asked (it may be relative)."""
+    if not location:
+        return None
+    try:
+        return str(url.join(URL(location, encoded=True)))
+    except ValueError:
+        return location

@@ -7,6 +7,7 @@
     └── DeliveryError               the API refused or could not take the rows
         ├── AuthError               401/403: ARIZE_API_KEY is refused (exit 3)
         ├── DatasetNotFoundError    404: the dataset (or version) does not exist (exit 4)
+        ├── BaseUrlError            the base URL is not the API: a 3xx, a 2xx not its JSON (exit 5)
         └── RetriesExhaustedError   retries ran out or an unexpected refusal (exit 5, resumable)
 
 A bad *line* is not an error: it goes to the rejects file and the run goes on.
@@ -64,6 +65,12 @@ class DatasetNotFoundError(DeliveryError):
     """Raised when the API answers 404 for the dataset or its version."""
 
     exit_code = 4
+
+
+class BaseUrlError(DeliveryError):
+    """Raised when the base URL answers as the API never does: a redirect, a 2xx not its JSON."""
+
+    exit_code = 5
 
 
 class RetriesExhaustedError(DeliveryError):

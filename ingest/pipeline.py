@@ -35,12 +35,14 @@ from ingest.checkpoint import CheckpointJournal, JournalState, fingerprint
 from ingest.client import DatasetsClient, Reply
 from ingest.config import API_KEY_ENV, RunConfig
 from ingest.errors import (
+    BaseUrlError,
     ConfigError,
     DatasetNotFoundError,
     DeliveryError,
     IngestError,
     SourceError,
 )
+from ingest.redact import RedactFilter
 from ingest.report import Progress, RunStats, Summary, summarize
 from ingest.retry import Action, RetryPolicy, classify
 from ingest.sender import Sender
@@ -87,9 +89,12 @@ async def upload(
         raise ConfigError(f"{API_KEY_ENV} holds a control or non-ASCII character; check its value")
     journal, state = await anyio.to_thread.run_sync(_open_checkpoint, config)
     run = _Run(config, key, journal, state, stop or anyio.Event(), progress)
+    redacting = RedactFilter(key)  # on the logger: before any handler sees a record
+    log.addFilter(redacting)
     try:
         return await run.execute()
     finally:
+        log.removeFilter(redacting)
         if state.attempts == 0 and not run.passed_preflight:
             # A run refused before reading anything leaves no checkpoint behind
             # (unlinked while the lock is held, so no other run can have taken it).
@@ -167,7 +172,10 @@ class _Run:
         failure: BaseException | None = None
         # Proxies come from the environment once per run (see client.env_proxy);
         # SSL_CERT_FILE is honoured by OpenSSL's default verify paths.
-        async with aiohttp.ClientSession() as session:
+        # One connection per worker: in a smaller pool (aiohttp's default holds 100) a
+        # request would wait for one, and the wait counts against request_timeout.
+        connector = aiohttp.TCPConnector(limit=self.config.concurrency)
+        async with aiohttp.ClientSession(connector=connector) as session:
             client = DatasetsClient(
                 session,
                 base_url=self.config.base_url,
@@ -269,9 +277,15 @@ class _Run:
             raise DeliveryError(
                 f"the API refused the preflight GET of the dataset ({reply.problem()})"
             )
+        doc = reply.json()
+        if not (isinstance(doc, dict) and isinstance(doc.get("id"), str) and doc["id"]):
+            # A web front end answers 200 to anything: only the dataset itself passes.
+            raise BaseUrlError(
+                "the preflight GET of the dataset: "
+                + reply.not_the_api('the dataset as a JSON object with its "id"')
+            )
         if self.config.dataset_version_id:
-            doc = reply.json()
-            versions = doc.get("versions") if isinstance(doc, dict) else None
+            versions = doc.get("versions")
             if isinstance(versions, list):
                 ids = {v.get("id") for v in versions if isinstance(v, dict)}
                 if self.config.dataset_version_id not in ids:

@@ -2,7 +2,8 @@
 
 Takes ``Batch`` es from a stream; gives out durable journal records: *sending*
 before each POST, *done* with the ``example_ids`` after a 2xx, *unknown* when
-an answer may hide a commit (5xx, timeout, dropped connection), and
+an answer may hide a commit (5xx, timeout, dropped connection; a 2xx that is
+not the API's answer, which also stops the run), and
 *rejected* for a row the server refused. A refused batch (400/413/422) is
 halved until the bad rows stand alone; the good rows are delivered. A row
 alone in its batch that gets HTTP 500 on every attempt is rejected too (the
@@ -31,6 +32,7 @@ from ingest.checkpoint import CheckpointJournal
 from ingest.client import Reply
 from ingest.errors import (
     AuthError,
+    BaseUrlError,
     DatasetNotFoundError,
     DeliveryError,
     RetriesExhaustedError,
@@ -137,7 +139,7 @@ class Sender:
             reply, reason = exc.reply, self._server_error_reason(batch, exc)
         if classify(reply.status) is Action.DELIVERED:
             self._server_error_rejects = 0
-            await self._done(batch, len(batch.rows), _example_ids(reply, len(batch.rows)))
+            await self._done(batch, len(batch.rows), await self._example_ids(batch, reply))
             self._stats.rows_delivered += len(batch.rows)
             self._stats.batches += 1
         elif len(batch.rows) > 1:
@@ -178,6 +180,37 @@ class Sender:
         return (
             f"server error: {exc.reply.problem()}, on every one of {exc.attempts} attempts "
             "(the row may or may not be stored)"
+        )
+
+    async def _example_ids(self, batch: Batch, reply: Reply) -> list[Any]:
+        """The ids a 2xx gave the rows, one per row; an answer of another shape stops the run.
+
+        Such an answer is not the API's, yet something took the POST (a proxy may have
+        passed it on and mangled the reply), so the rows may be stored: the batch is
+        journaled as an unknown outcome, never as done, and a resumed run resends it.
+        """
+        doc = reply.json()
+        ids = doc.get("example_ids") if isinstance(doc, dict) else None
+        rows = len(batch.rows)
+        if isinstance(ids, list) and len(ids) == rows:
+            return ids
+        if isinstance(ids, list):
+            got: str | None = f"{len(ids)} example_ids for {rows} rows"
+        else:
+            got = "JSON without example_ids" if isinstance(doc, dict) else None
+        await self._journal.write(
+            {
+                "t": "unknown",
+                "seq": batch.seq,
+                "part": batch.part,
+                "cause": f"HTTP {reply.status} with {got or 'a body that is not JSON'}",
+            },
+            durable=False,
+        )
+        raise BaseUrlError(
+            f"{batch.name}: {reply.not_the_api('JSON with one example id per row', got)}. "
+            "Whether its rows were stored is unknown: they are not counted as delivered, "
+            "and re-running the same command sends them again (they may then be duplicated)"
         )
 
     async def _done(self, batch: Batch, rows: int, example_ids: list[Any]) -> None:
@@ -368,6 +401,8 @@ class Sender:
         return reply, action, f"HTTP {reply.status}"
 
     def _fatal(self, action: Action, reply: Reply, what: str) -> DeliveryError:
+        if reply.redirected:
+            return BaseUrlError(f"{what}: {reply.redirect()}")
         message = f"{self._describe(action, reply)} (during {what})"
         if action is Action.AUTH:
             return AuthError(message)
@@ -385,14 +420,3 @@ def _bucket(cause: str) -> str:
     if cause == "timeout":
         return "timeout"
     return "connection"
-
-
-def _example_ids(reply: Reply, rows: int) -> list[Any]:
-    doc = reply.json()
-    ids = doc.get("example_ids") if isinstance(doc, dict) else None
-    if not isinstance(ids, list):
-        log.warning("a 2xx reply carried no example_ids; counting its %d rows delivered", rows)
-        return []
-    if len(ids) != rows:
-        log.warning("a 2xx reply carried %d example_ids for %d rows", len(ids), rows)
-    return ids

@@ -1,0 +1,144 @@
+"""The API key never leaves the process, even when a server echoes it back.
+
+The servers here are small ``aiohttp.web`` apps that put the Authorization
+header into their error bodies; ``ingest`` runs as users run it, as a
+subprocess, and everything it writes is searched for the key.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from urllib.parse import quote
+
+import anyio
+import orjson
+import pytest
+from aiohttp import web
+
+from ingest.redact import redact
+
+KEY = "sk-live/0123456789+abcdef"
+DATASET = "cmVkYWN0OnRlc3Q="
+
+
+@asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """Serve ``app`` on a free port of 127.0.0.1; yield its base URL."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+async def run_ingest(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """``ingest run`` against ``url`` in a subprocess, the server answering meanwhile."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "ingest",
+        "run",
+        "--input",
+        str(tmp_path / "rows.jsonl"),
+        "--dataset-id",
+        DATASET,
+        "--base-url",
+        url,
+        "--checkpoint",
+        str(tmp_path / "run.ckpt"),
+        "--rate",
+        "0",
+        *args,
+    ]
+    with anyio.fail_after(60):
+        return await anyio.run_process(cmd, env={**os.environ, "ARIZE_API_KEY": KEY}, check=False)
+
+
+def leaks(text: str) -> bool:
+    """Whether ``text`` holds the key, as is or percent-encoded."""
+    return KEY in text or quote(KEY, safe="") in text
+
+
+def echoed(request: web.Request) -> str:
+    """The Authorization header, twice: as sent and percent-encoded."""
+    auth = request.headers.get("Authorization", "")
+    return f"got {auth!r} ({quote(auth, safe='')})"
+
+
+@pytest.mark.parametrize("as_json", [True, False], ids=["problem-json", "plain-text"])
+async def test_a_401_echoing_the_key_shows_it_nowhere(tmp_path: Path, as_json: bool) -> None:
+    """A 401 whose body quotes the Authorization header: neither stderr nor --json shows the key."""
+
+    async def refuse(request: web.Request) -> web.Response:
+        if as_json:
+            problem = {"status": 401, "title": "Unauthorized", "detail": echoed(request)}
+            return web.json_response(problem, status=401)
+        return web.Response(status=401, text=echoed(request))
+
+    app = web.Application()
+    app.router.add_get("/v2/datasets/{id}", refuse)
+    (tmp_path / "rows.jsonl").write_bytes(b'{"a": 1}\n')
+    async with serving(app) as url:
+        done = await run_ingest(tmp_path, url, "--json")
+    out, err = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 3, err
+    assert not leaks(out) and not leaks(err)
+    assert "[redacted]" in err and "[redacted]" in orjson.loads(out)["message"]
+
+
+async def test_5xx_and_422_bodies_echoing_the_key_stay_out_of_logs_and_rejects(
+    tmp_path: Path,
+) -> None:
+    """With -v, a 500 and a 422 quoting the key leave it out of stderr, stdout and the rejects."""
+    posts = itertools.count(1)
+    ids = itertools.count()
+
+    async def dataset(request: web.Request) -> web.Response:
+        return web.json_response({"id": request.match_info["id"], "name": "d"})
+
+    async def append(request: web.Request) -> web.Response:
+        if next(posts) <= 2:  # two 500s in a row: the batch is halved, and that is logged
+            return web.Response(status=500, text=f"upstream failed: {echoed(request)}")
+        examples = orjson.loads(await request.read())["examples"]
+        if any("poison" in example for example in examples):
+            problem = {"status": 422, "title": "Unprocessable", "detail": echoed(request)}
+            return web.json_response(problem, status=422)
+        body = {"id": DATASET, "example_ids": [f"e{next(ids)}" for _ in examples]}
+        return web.json_response(body, status=201)
+
+    app = web.Application()
+    app.router.add_get("/v2/datasets/{id}", dataset)
+    app.router.add_post("/v2/datasets/{id}/examples", append)
+    (tmp_path / "rows.jsonl").write_bytes(b'{"i": 1}\n{"i": 2}\n{"poison": 3}\n{"i": 4}\n')
+    async with serving(app) as url:
+        done = await run_ingest(
+            tmp_path, url, "-v", "--json", "--batch-rows", "4", "--concurrency", "1"
+        )
+    out, err = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 6, err
+    assert "halving it" in err and "[redacted]" in err
+    rejects = (tmp_path / "run.rejects.jsonl").read_text()
+    assert "[redacted]" in rejects
+    for text in (out, err, rejects, (tmp_path / "run.ckpt").read_text()):
+        assert not leaks(text)
+
+
+def test_redact_leaves_no_start_of_the_key_at_a_cut() -> None:
+    """A cut that falls inside the key keeps none of it; every quoted form is taken out."""
+    text = "x" * 190 + KEY
+    assert redact(text, KEY, limit=200) == "x" * 190 + "[redacted]"
+    assert redact("y" * 195 + "Bearer " + KEY, KEY, limit=200) == "y" * 195 + "Beare"
+    assert redact("x" * 196 + KEY[:5], KEY, limit=200) == "x" * 196
+    assert redact(f"{KEY} {quote(KEY, safe='')}", KEY) == "[redacted] [redacted]"
+    odd = "k\\e\"y's"
+    quoted = f"{odd} {orjson.dumps(odd).decode()} {odd!r} {quote(odd, safe='')}"
+    assert redact(quoted, odd) == "[redacted] \"[redacted]\" '[redacted]' [redacted]"
