@@ -443,7 +443,7 @@ class _Run:
                 async for chunk in chunks:
                     if self.stop.is_set():
                         return
-                    for batch in batcher.extend(chunk.rows, chunk.lines, chunk.ends):
+                    for batch in batcher.extend(chunk.rows, chunk.lines, chunk.ends, chunk.starts):
                         await out.send(batch)
                 if not self.stop.is_set() and (last := batcher.flush()) is not None:
                     await out.send(last)

@@ -1,7 +1,7 @@
 """Source: reads JSONL (plain, ``.gz`` or ``-`` for stdin) a line at a time.
 
 Takes a path; gives out ``Chunk`` s: the valid rows of a stretch of lines (raw
-bytes, line numbers, end offsets, kept in parallel lists because a Python
+bytes, line numbers, start and end offsets, kept in parallel lists because a Python
 object per row costs more than reading and validating it) and the ``Reject`` s
 among them (a line that must not be sent, with the reason). Memory is bounded
 by one chunk, whatever the size of the file.
@@ -62,6 +62,7 @@ class Chunk:
     rows: list[bytes] = field(default_factory=list)
     lines: list[int] = field(default_factory=list)
     ends: list[int] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -247,7 +248,8 @@ class JsonlSource:
         if self._error is not None:
             raise self._error
         chunk = Chunk()
-        rows, lines, ends, rejects = chunk.rows, chunk.lines, chunk.ends, chunk.rejects
+        rows, lines, ends, starts = chunk.rows, chunk.lines, chunk.ends, chunk.starts
+        rejects = chunk.rejects
         readline, skip, loads = self._file.readline, self._skip, orjson.loads
         limit = self.max_row_bytes - ENVELOPE_BYTES
         # No sendable row is longer; room is left for whitespace and a CRLF.
@@ -299,6 +301,7 @@ class JsonlSource:
                     rows.append(raw)
                     lines.append(number)
                     ends.append(offset)
+                    starts.append(start)
                     continue
                 rejects.append(Reject(number, start, offset, reason, line.rstrip(b"\r\n")))
         except (OSError, EOFError, zlib.error) as exc:

@@ -219,6 +219,23 @@ async def test_bisection_isolates_a_poison_row(fake: Any, tmp_path: Path) -> Non
     assert read_journal(summary.checkpoint).in_flight == []  # halved wholes are not in flight
 
 
+async def test_a_refused_row_is_rejected_at_its_own_line_offset(fake: Any, tmp_path: Path) -> None:
+    """A server-refused row's reject offset is where its line starts, past blank and bad lines."""
+    poison = b'{"i": 5, "poison": true}'
+    data = b'{"i":0}\n\nnot json\n\n' + poison + b'\n{"i": 6}\n'
+    (tmp_path / "rows.jsonl").write_bytes(data)
+    fake.state.faults.refuse_field = "poison"
+    rejects = tmp_path / "rejects.jsonl"
+    summary = await ingest.upload(
+        api_key=fake.api_key, **settings(fake, tmp_path, batch_rows=2, rejects=str(rejects))
+    )
+    assert (summary.rows_delivered, summary.rows_rejected) == (2, 2)
+    entries = {e["line"]: e for e in map(orjson.loads, rejects.read_bytes().splitlines())}
+    assert entries[3]["offset"] == data.index(b"not json")
+    assert entries[5]["offset"] == data.index(poison) == 19
+    assert entries[5]["raw"] == poison.decode()
+
+
 async def test_500_on_large_bodies_halves_the_batch(fake: Any, tmp_path: Path) -> None:
     """Repeated HTTP 500s (Arize's answer to big bodies) halve the batch until it fits."""
     write_rows(tmp_path / "rows.jsonl", 2000)
