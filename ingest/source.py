@@ -88,11 +88,17 @@ def _check_value(value: object, raw: bytes, max_row_bytes: int) -> str | None:
                 "time, count and source_record_*; rename it)"
             )
     if len(raw) + ENVELOPE_BYTES > max_row_bytes:
-        return (
-            f"row is {len(raw):,} bytes, larger than batch_bytes ({max_row_bytes:,}); "
-            "raise batch_bytes or shrink the row"
-        )
+        return _too_long(len(raw), max_row_bytes)
     return None
+
+
+def _too_long(size: int, max_row_bytes: int) -> str:
+    """Why a row of ``size`` bytes is not sent: it names the real limit, not batch_bytes."""
+    return (
+        f"row is {size:,} bytes; with batch_bytes {max_row_bytes:,} a row may hold at most "
+        f"{max_row_bytes - ENVELOPE_BYTES:,} (the request envelope takes {ENVELOPE_BYTES}); "
+        "raise batch_bytes or shrink the row"
+    )
 
 
 def open_input(path: str) -> IO[bytes]:
@@ -270,12 +276,9 @@ class JsonlSource:
                     self.skipped += 1
                     continue
                 if size > len(line):
-                    too_long = (
-                        f"row is {size:,} bytes, larger than batch_bytes "
-                        f"({self.max_row_bytes:,}); raise batch_bytes or shrink the row "
-                        f"(the rejects file keeps its first {_SLACK} bytes)"
-                    )
-                    rejects.append(Reject(number, start, offset, too_long, line[:_SLACK]))
+                    kept = f" (the rejects file keeps its first {_SLACK} bytes)"
+                    why = _too_long(size, self.max_row_bytes) + kept
+                    rejects.append(Reject(number, start, offset, why, line[:_SLACK]))
                     continue
                 raw = line.strip(_WHITESPACE)
                 if number == 1 and raw.startswith(BOM):

@@ -75,8 +75,23 @@ def test_oversized_row_is_rejected_with_its_size(tmp_path: Path) -> None:
     path = tmp_path / "in.jsonl"
     path.write_bytes(b'{"a": "' + b"x" * 2000 + b'"}\n{"b": 1}\n')
     items = read_all(JsonlSource(str(path), max_row_bytes=1024))
-    assert isinstance(items[0], Reject) and "larger than batch_bytes" in items[0].reason
+    assert isinstance(items[0], Reject) and "a row may hold at most 1,009" in items[0].reason
     assert items[1] == (2, len(path.read_bytes()), b'{"b": 1}')
+
+
+def test_a_row_just_over_the_limit_is_rejected_naming_the_real_limit(tmp_path: Path) -> None:
+    """A row over batch_bytes minus the envelope is refused naming that limit, not batch_bytes."""
+    fits = b'{"a":"' + b"x" * (1009 - 8) + b'"}'
+    over = b'{"b":"' + b"x" * (1014 - 8) + b'"}'
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(fits + b"\n" + over + b"\n")
+    items = read_all(JsonlSource(str(path), max_row_bytes=1024))
+    assert items[0] == (1, 1010, fits)
+    assert isinstance(items[1], Reject)
+    assert items[1].reason == (
+        "row is 1,014 bytes; with batch_bytes 1,024 a row may hold at most 1,009 "
+        "(the request envelope takes 15); raise batch_bytes or shrink the row"
+    )
 
 
 def test_offsets_allow_seeking_to_any_line(tmp_path: Path) -> None:
@@ -198,7 +213,10 @@ def test_a_huge_line_is_rejected_without_being_held(tmp_path: Path) -> None:
     items = read_all(JsonlSource(str(path), max_row_bytes=1 << 20))
     reject = items[1]
     assert isinstance(reject, Reject) and reject.line == 2
-    assert reject.reason.startswith(f"row is {len(huge):,} bytes, larger than batch_bytes")
+    assert reject.reason.startswith(
+        f"row is {len(huge):,} bytes; with batch_bytes {1 << 20:,} a row may hold at most "
+        f"{(1 << 20) - 15:,} (the request envelope takes 15)"
+    )
     assert len(reject.raw) == 1024
     assert items[2] == (3, len(path.read_bytes()), b'{"after":2}')
 
