@@ -324,19 +324,52 @@ async def test_restart_sets_the_old_rejects_aside(fake: Any, tmp_path: Path) -> 
     assert b"OLD-BAD" in (tmp_path / "rejects.jsonl.bak").read_bytes()
 
 
+def gz_rows(first: int, n: int) -> bytes:
+    return b"".join(
+        orjson.dumps({"i": i, "pad": "x" * 80}) + b"\n" for i in range(first, first + n)
+    )
+
+
 async def test_unreadable_input_fails_after_in_flight_rows_are_recorded(
     fake: Any, tmp_path: Path
 ) -> None:
-    """A .gz cut short stops the run naming file and line; what was sent is journaled as done."""
-    rows = b"".join(orjson.dumps({"i": i, "pad": "x" * 80}) + b"\n" for i in range(20_000))
-    (tmp_path / "rows.jsonl.gz").write_bytes(gzip.compress(rows)[:-4000])
-    with pytest.raises(ingest.SourceError, match=r"rows\.jsonl\.gz:\d+") as info:
+    """A .gz whose second member is cut short: the first's rows land and are journaled as done."""
+    first = gzip.compress(gz_rows(0, 5000))
+    (tmp_path / "rows.jsonl.gz").write_bytes(first + gzip.compress(gz_rows(5000, 5000))[:-4000])
+    with pytest.raises(ingest.SourceError, match=r"rows\.jsonl\.gz:5000: gzip member 2") as info:
         await ingest.upload(
             api_key=fake.api_key, **settings(fake, tmp_path, input=str(tmp_path / "rows.jsonl.gz"))
         )
     assert info.value.exit_code == 2
     state = read_journal(info.value.summary.checkpoint)
-    assert state.delivered_rows == fake.state.example_count(fake.dataset_id) > 0
+    assert state.delivered_rows == fake.state.example_count(fake.dataset_id) == 5000
+    assert state.finished is None
+
+
+async def test_a_damaged_gzip_member_sends_none_of_its_rows(fake: Any, tmp_path: Path) -> None:
+    """A flipped byte inside a one-member .gz: exit 2 naming it, and not one row is sent."""
+    packed = bytearray(gzip.compress(gz_rows(0, 20_000)))
+    packed[len(packed) // 2] ^= 0x04
+    (tmp_path / "rows.jsonl.gz").write_bytes(packed)
+    with pytest.raises(ingest.SourceError, match=r"rows\.jsonl\.gz: gzip member 1 .* damaged"):
+        await ingest.upload(
+            api_key=fake.api_key, **settings(fake, tmp_path, input=str(tmp_path / "rows.jsonl.gz"))
+        )
+    assert fake.state.post_examples_requests == 0
+    assert fake.state.example_count(fake.dataset_id) == 0
+
+
+async def test_rows_of_intact_members_land_before_a_damaged_one(fake: Any, tmp_path: Path) -> None:
+    """With the second of two members damaged, exactly the first member's rows are stored."""
+    second = bytearray(gzip.compress(gz_rows(3000, 3000)))
+    second[len(second) // 2] ^= 0x04
+    (tmp_path / "rows.jsonl.gz").write_bytes(gzip.compress(gz_rows(0, 3000)) + second)
+    with pytest.raises(ingest.SourceError, match=r"gzip member 2 .* no row of it is sent") as info:
+        await ingest.upload(
+            api_key=fake.api_key, **settings(fake, tmp_path, input=str(tmp_path / "rows.jsonl.gz"))
+        )
+    assert sorted(by_row(fake.state.examples(fake.dataset_id))) == list(range(3000))
+    assert read_journal(info.value.summary.checkpoint).finished is None
 
 
 async def test_a_stop_abandons_batches_waiting_to_retry(fake: Any, tmp_path: Path) -> None:
