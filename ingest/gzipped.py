@@ -48,15 +48,18 @@ def _damaged(member: int, start: int, what: str) -> BrokenInput:
 class GzipStream(io.RawIOBase):
     """A gzip file decompressed as a stream, once every member in it has been checked.
 
-        stream = io.BufferedReader(GzipStream("rows.jsonl.gz"))
+        stream = io.BufferedReader(GzipStream("rows.jsonl.gz", expected_size=n))
         for line in stream: ...   # raises BrokenInput where the damage begins
 
-    The check runs at the first read, in the reader's thread, or at ``check()``.
+    ``expected_size``: the file's size when the run started; a file that ends
+    before it changed under the run. The check runs at the first read, in the
+    reader's thread, or at ``check()``.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, expected_size: int | None = None) -> None:
         self._file = open(path, "rb")  # noqa: SIM115 (closed in close())
         super().__init__()
+        self._expected = expected_size
         self._good_end = -1  # where the intact members end; -1 until checked
         self._damage: BrokenInput | None = None
         self._consumed = 0
@@ -113,6 +116,8 @@ class GzipStream(io.RawIOBase):
                     data, inflate = inflate.unused_data, None
                     members += 1
                     good_end = position - len(data)
+        if self._expected is not None and position < self._expected:
+            return good_end, changed_under_run(self._expected, position)
         if inflate is not None:
             what = f"is cut short: the file ends at byte {position:,}, inside it"
             return good_end, _damaged(members + 1, start, what)
@@ -122,7 +127,7 @@ class GzipStream(io.RawIOBase):
         """Inflate the next stretch of the checked members."""
         data = self._file.read(min(_READ_STEP, self._good_end - self._consumed))
         if not data:  # the check saw more: the file was cut since
-            raise changed_under_run(self._good_end, self._consumed)
+            raise changed_under_run(self._expected or self._good_end, self._consumed)
         self._consumed += len(data)
         out: list[bytes] = []
         try:

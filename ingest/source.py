@@ -23,7 +23,7 @@ from typing import IO, Any
 import orjson
 
 from ingest.errors import SourceError
-from ingest.gzipped import GZIP_MAGIC, BrokenInput, GzipStream
+from ingest.gzipped import GZIP_MAGIC, BrokenInput, GzipStream, changed_under_run
 
 BOM = b"\xef\xbb\xbf"
 RESERVED_FIELDS = frozenset({"id", "created_at", "updated_at", "time", "count"})
@@ -119,7 +119,9 @@ def _refuse_compressed(head: bytes, path: str) -> None:
             )
 
 
-def open_input(path: str) -> tuple[IO[bytes], GzipStream | None]:
+def open_input(
+    path: str, *, expected_size: int | None = None
+) -> tuple[IO[bytes], GzipStream | None]:
     """Open ``path`` for binary reading; return it and, for gzip, the stream under it.
 
     ``-`` is stdin. A file is gzip when it starts with gzip's magic bytes,
@@ -142,7 +144,7 @@ def open_input(path: str) -> tuple[IO[bytes], GzipStream | None]:
             _refuse_compressed(head, path)
             return file, None
         file.close()
-        stream = GzipStream(path)
+        stream = GzipStream(path, expected_size=expected_size)
         return io.BufferedReader(stream, buffer_size=1 << 16), stream
     except OSError as exc:
         file.close()
@@ -161,7 +163,9 @@ class JsonlSource:
     """Reads a JSONL input in chunks, from a given line and byte offset.
 
     ``skip(line)`` says a line is already done (a resumed run): it is read but
-    neither checked nor sent. Reading is blocking; call
+    neither checked nor sent. ``expected_size`` is the input's size when the
+    run took its fingerprint: an input that ends before it changed under the
+    run, which is an error, never a complete read. Reading is blocking; call
     ``read_chunk`` from a worker thread. The first call does the slow part of
     opening: it checks a gzip input whole, reads past the done lines of one
     that cannot seek, and waits for stdin's first bytes.
@@ -179,10 +183,13 @@ class JsonlSource:
         start_line: int = 1,
         start_offset: int = 0,
         skip: Callable[[int], bool] | None = None,
+        expected_size: int | None = None,
     ) -> None:
         self.path = path
         self.max_row_bytes = max_row_bytes
-        self._file, self._gzip = open_input(path)
+        self._file, self._gzip = open_input(path, expected_size=expected_size)
+        # The gzip stream checks its compressed size itself; offsets here count its output.
+        self._size = None if self._gzip is not None else expected_size
         self._line = start_line - 1
         self._offset = start_offset
         self._skip = skip
@@ -239,17 +246,20 @@ class JsonlSource:
         limit = self.max_row_bytes - ENVELOPE_BYTES
         # No sendable row is longer; room is left for whitespace and a CRLF.
         cap = self.max_row_bytes + _SLACK
-        number, offset = self._line, self._offset
+        number, offset, expected = self._line, self._offset, self._size
         try:
             while len(rows) + len(rejects) < max_lines:
                 line = readline(cap)
-                if not line:
-                    break
+                size = len(line)
+                if not size or line[-1] != 10:  # the end, a line at the cap, or a last line
+                    if size == cap:
+                        size += self._skip_rest_of_line()  # never held whole: memory stays flat
+                    elif expected is not None and offset + size < expected:
+                        raise changed_under_run(expected, offset + size)  # a line cut short
+                    elif not size:
+                        break
                 number += 1
                 start = offset
-                size = len(line)
-                if size == cap and not line.endswith(b"\n"):
-                    size += self._skip_rest_of_line()  # never held whole: memory stays flat
                 offset += size
                 if skip is not None and skip(number):
                     self.skipped += 1

@@ -372,6 +372,45 @@ async def test_rows_of_intact_members_land_before_a_damaged_one(fake: Any, tmp_p
     assert read_journal(info.value.summary.checkpoint).finished is None
 
 
+async def test_an_input_truncated_during_the_run_is_not_complete(fake: Any, tmp_path: Path) -> None:
+    """A file cut short while the run reads it ends in a SourceError, never as complete."""
+    path = tmp_path / "rows.jsonl"
+    write_rows(path, 60_000)
+    size = path.stat().st_size
+    fake.state.faults.latency = 0.02  # the reader stays far behind the end of the file
+    outcome: list[object] = []
+
+    async def run() -> None:
+        try:
+            outcome.append(
+                await ingest.upload(
+                    api_key=fake.api_key, **settings(fake, tmp_path, batch_rows=100, concurrency=2)
+                )
+            )
+        except ingest.SourceError as exc:
+            outcome.append(exc)
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            for _ in range(5000):  # poll until the first rows land
+                if fake.state.example_count(fake.dataset_id):
+                    break
+                await anyio.sleep(0.01)
+            with path.open("r+b") as f:
+                f.truncate(size // 2)
+            fake.state.faults.latency = 0.0
+    [error] = outcome
+    assert isinstance(error, ingest.SourceError), f"the run ended as {error}"
+    assert f"it had {size:,} bytes when the run started, it ends at byte {size // 2:,}" in str(
+        error
+    )
+    assert error.exit_code == 2 and error.summary.status == "failed"
+    state = read_journal(error.summary.checkpoint)
+    assert state.finished is None
+    assert state.delivered_rows == fake.state.example_count(fake.dataset_id) < 60_000
+
+
 async def test_a_stop_abandons_batches_waiting_to_retry(fake: Any, tmp_path: Path) -> None:
     """A stop does not wait out the grace for batches that are only waiting to be retried."""
     write_rows(tmp_path / "rows.jsonl", 3000)

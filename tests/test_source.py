@@ -284,3 +284,47 @@ def test_other_compressed_input_is_refused_with_a_hint(tmp_path: Path) -> None:
         JsonlSource(str(tmp_path / "rows.xz"), max_row_bytes=1024)
     with pytest.raises(SourceError, match="holds bzip2 data"):
         JsonlSource(str(tmp_path / "rows.bz2"), max_row_bytes=1024)
+
+
+def test_an_input_shorter_than_at_the_start_is_an_error_not_its_end(tmp_path: Path) -> None:
+    """EOF before the fingerprinted size raises, after the whole rows before it."""
+    rows = varied_rows(100)
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(rows)
+    error = rf"it had {len(rows) + 500:,} bytes when the run started, it ends at byte {len(rows):,}"
+    source = JsonlSource(str(path), max_row_bytes=1 << 20, expected_size=len(rows) + 500)
+    assert read_until_error(source, error) == rows.splitlines()
+
+
+def test_a_line_cut_short_by_a_truncation_is_neither_sent_nor_rejected(tmp_path: Path) -> None:
+    """A last line without newline that ends before the fingerprinted size is not a row."""
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"b": 2}')  # was {"b": 23}\n when the run started
+    source = JsonlSource(str(path), max_row_bytes=1024, expected_size=19)
+    with source:
+        chunk = source.read_chunk()
+        assert (chunk.rows, chunk.rejects) == ([b'{"a": 1}'], [])
+        with pytest.raises(SourceError, match="in.jsonl:1: the input changed under the run"):
+            source.read_chunk()
+
+
+def test_a_last_line_without_newline_is_a_row_when_the_size_matches(tmp_path: Path) -> None:
+    """A file that simply lacks a final newline reads to its end with no error."""
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"b": 2}')
+    source = JsonlSource(str(path), max_row_bytes=1024, expected_size=17)
+    assert [i[2] for i in read_all(source) if not isinstance(i, Reject)] == [
+        b'{"a": 1}',
+        b'{"b": 2}',
+    ]
+
+
+def test_a_gzip_shorter_than_at_the_start_is_an_error(tmp_path: Path) -> None:
+    """A .gz cut at a member boundary since the start is caught by its compressed size."""
+    first = gzip.compress(varied_rows(100))
+    path = tmp_path / "in.jsonl.gz"
+    path.write_bytes(first)  # a second member was there when the run started
+    had = len(first) + 1000
+    error = rf"changed under the run: it had {had:,} bytes .* ends at byte {len(first):,}"
+    source = JsonlSource(str(path), max_row_bytes=1 << 20, expected_size=had)
+    assert read_until_error(source, error) == varied_rows(100).splitlines()
