@@ -36,6 +36,7 @@ class Batch:
     rows: tuple[bytes, ...]
     lines: tuple[int, ...]
     ends: tuple[int, ...]
+    starts: tuple[int, ...]  # where each row's own line begins (``start`` may be earlier)
     part: str = ""
 
     @property
@@ -70,6 +71,7 @@ class Batch:
             self.rows[:mid],
             self.lines[:mid],
             self.ends[:mid],
+            self.starts[:mid],
             self.part + "0",
         )
         second = Batch(
@@ -79,6 +81,7 @@ class Batch:
             self.rows[mid:],
             self.lines[mid:],
             self.ends[mid:],
+            self.starts[mid:],
             self.part + "1",
         )
         return first, second
@@ -119,6 +122,7 @@ class Batcher:
         self._rows: list[bytes] = []
         self._lines: list[int] = []
         self._ends: list[int] = []
+        self._starts: list[int] = []
         self._bytes = 0
         self._first_seq = first_seq
 
@@ -132,8 +136,10 @@ class Batcher:
         """Rows waiting in the batch being filled."""
         return len(self._rows)
 
-    def extend(self, rows: list[bytes], lines: list[int], ends: list[int]) -> list[Batch]:
-        """Add rows (with their lines and end offsets); return the batches they filled."""
+    def extend(
+        self, rows: list[bytes], lines: list[int], ends: list[int], starts: list[int]
+    ) -> list[Batch]:
+        """Add rows (with their lines, end and start offsets); return the batches they filled."""
         full: list[Batch] = []
         i, n = 0, len(rows)
         while i < n:
@@ -151,6 +157,7 @@ class Batcher:
             self._rows.extend(take[:fit])
             self._lines.extend(lines[i : i + fit])
             self._ends.extend(ends[i : i + fit])
+            self._starts.extend(starts[i : i + fit])
             self._bytes += sum(sizes[:fit])
             i += fit
             if fit < len(take) or len(self._rows) == self.batch_rows:
@@ -170,11 +177,12 @@ class Batcher:
             tuple(self._rows),
             tuple(self._lines),
             tuple(self._ends),
+            tuple(self._starts),
         )
         self._seq += 1
         self._first_line = batch.last_line + 1
         self._start = batch.end
-        self._rows, self._lines, self._ends, self._bytes = [], [], [], 0
+        self._rows, self._lines, self._ends, self._starts, self._bytes = [], [], [], [], 0
         return batch
 
 
@@ -184,6 +192,6 @@ def batch_chunks(
     """All the batches the rows of ``chunks`` make, in order."""
     batcher = Batcher(batch_rows=batch_rows, batch_bytes=batch_bytes, first_seq=first_seq)
     for chunk in chunks:
-        yield from batcher.extend(chunk.rows, chunk.lines, chunk.ends)
+        yield from batcher.extend(chunk.rows, chunk.lines, chunk.ends, chunk.starts)
     if (batch := batcher.flush()) is not None:
         yield batch

@@ -304,6 +304,7 @@ class _Run:
                 start_line=start_line + 1,
                 start_offset=start_offset,
                 skip=self.state.covered.skipper() if len(self.state.covered) else None,
+                expected_size=_fingerprinted_size(self.state.fingerprint),
             )
         )
         limiter = AsyncLimiter(1, 1 / c.rate) if c.rate else None
@@ -457,7 +458,7 @@ class _Run:
                 async for chunk in chunks:
                     if self.stop.is_set():
                         return
-                    for batch in batcher.extend(chunk.rows, chunk.lines, chunk.ends):
+                    for batch in batcher.extend(chunk.rows, chunk.lines, chunk.ends, chunk.starts):
                         await out.send(batch)
                 if not self.stop.is_set() and (last := batcher.flush()) is not None:
                     await out.send(last)
@@ -493,6 +494,12 @@ async def _in_daemon_thread(work: Callable[[], T]) -> T:
 
     threading.Thread(target=target, name="ingest-reader", daemon=True).start()
     return await future
+
+
+def _fingerprinted_size(fp: dict[str, Any] | None) -> int | None:
+    """The input's size when its checkpoint was taken: reading must get that far."""
+    size = (fp or {}).get("input", {}).get("size")
+    return size if isinstance(size, int) else None
 
 
 def _first_ingest_error(exc: BaseException) -> BaseException:

@@ -157,7 +157,7 @@ class Sender:
         else:
             reject = Reject(
                 batch.last_line,
-                batch.start,
+                batch.starts[0],  # the row's own line, not the blank lines before it
                 batch.end,
                 reason,
                 batch.rows[0],

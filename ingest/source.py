@@ -1,7 +1,7 @@
-"""Source: reads JSONL (plain, ``.gz`` or ``-`` for stdin) a line at a time.
+"""Source: reads JSONL (plain, gzip or ``-`` for stdin) a line at a time.
 
 Takes a path; gives out ``Chunk`` s: the valid rows of a stretch of lines (raw
-bytes, line numbers, end offsets, kept in parallel lists because a Python
+bytes, line numbers, start and end offsets, kept in parallel lists because a Python
 object per row costs more than reading and validating it) and the ``Reject`` s
 among them (a line that must not be sent, with the reason). Memory is bounded
 by one chunk, whatever the size of the file.
@@ -14,10 +14,8 @@ change escapes. orjson only *validates* the line.
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import sys
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -25,6 +23,7 @@ from typing import IO, Any
 import orjson
 
 from ingest.errors import SourceError
+from ingest.gzipped import GZIP_MAGIC, BrokenInput, GzipStream, changed_under_run
 
 BOM = b"\xef\xbb\xbf"
 RESERVED_FIELDS = frozenset({"id", "created_at", "updated_at", "time", "count"})
@@ -62,6 +61,7 @@ class Chunk:
     rows: list[bytes] = field(default_factory=list)
     lines: list[int] = field(default_factory=list)
     ends: list[int] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -87,114 +87,88 @@ def _check_value(value: object, raw: bytes, max_row_bytes: int) -> str | None:
                 "time, count and source_record_*; rename it)"
             )
     if len(raw) + ENVELOPE_BYTES > max_row_bytes:
-        return (
-            f"row is {len(raw):,} bytes, larger than batch_bytes ({max_row_bytes:,}); "
-            "raise batch_bytes or shrink the row"
-        )
+        return _too_long(len(raw), max_row_bytes)
     return None
 
 
-def open_input(path: str) -> IO[bytes]:
-    """Open ``path`` for binary reading: ``-`` is stdin, ``*.gz`` is decompressed."""
+def _too_long(size: int, max_row_bytes: int) -> str:
+    """Why a row of ``size`` bytes is not sent: it names the real limit, not batch_bytes."""
+    return (
+        f"row is {size:,} bytes; with batch_bytes {max_row_bytes:,} a row may hold at most "
+        f"{max_row_bytes - ENVELOPE_BYTES:,} (the request envelope takes {ENVELOPE_BYTES}); "
+        "raise batch_bytes or shrink the row"
+    )
+
+
+# Leading bytes of the formats a JSONL input may arrive in by mistake.
+_COMPRESSED = {
+    b"\xfd7zXZ\x00": "xz",
+    b"BZh": "bzip2",
+    b"\x28\xb5\x2f\xfd": "zstd",
+    b"PK\x03\x04": "zip",
+}
+
+
+def _refuse_compressed(head: bytes, path: str) -> None:
+    for magic, kind in _COMPRESSED.items():
+        if head.startswith(magic):
+            raise SourceError(
+                f"the input holds {kind} data; decompress it first (ingest reads JSONL, "
+                "plain or gzip)",
+                path=path,
+            )
+
+
+def open_input(
+    path: str, *, expected_size: int | None = None
+) -> tuple[IO[bytes], GzipStream | None]:
+    """Open ``path`` for binary reading; return it and, for gzip, the stream under it.
+
+    ``-`` is stdin. A file is gzip when it starts with gzip's magic bytes,
+    whatever its name: a plain file named ``.gz`` is read as plain JSONL.
+    """
     try:
         if path == "-":
             if sys.stdin is None:  # started with fd 0 closed: fd 0 may be any file now
                 raise SourceError("stdin is closed; give --input a file", path=path)
             # Our own reader on stdin's fd, not sys.stdin.buffer: a read left blocked on a
             # stdin that never ends must not hold the lock the interpreter takes at exit.
-            return open(sys.stdin.fileno(), "rb", buffering=1 << 20, closefd=False)
-        if path.endswith(".gz"):
-            return io.BufferedReader(GzipStream(path), buffer_size=1 << 16)
-        return open(path, "rb", buffering=1 << 20)
+            # What it holds is checked at the first read, which may block.
+            return open(sys.stdin.fileno(), "rb", buffering=1 << 20, closefd=False), None
+        file = io.BufferedReader(io.FileIO(path), buffer_size=1 << 20)
     except OSError as exc:
         raise SourceError(f"cannot open input: {exc.strerror}", path=path) from exc
+    try:
+        head = file.peek(8)[:8]
+        if not head.startswith(GZIP_MAGIC):
+            _refuse_compressed(head, path)
+            return file, None
+        file.close()
+        stream = GzipStream(path, expected_size=expected_size)
+        return io.BufferedReader(stream, buffer_size=1 << 16), stream
+    except OSError as exc:
+        file.close()
+        raise SourceError(f"cannot open input: {exc.strerror}", path=path) from exc
+    except BaseException:
+        file.close()
+        raise
 
 
-class GzipStream(io.RawIOBase):
-    """A ``.gz`` file decompressed as a stream, handing out every byte before any damage.
-
-    ``gzip.GzipFile`` raises as soon as it meets a truncated or corrupt member
-    and drops what it decompressed in that read: up to a buffer of good rows.
-    This raises only once everything before the damage is out: on a corrupt
-    step it replays the step a byte at a time from a copy of the decompressor.
-    Concatenated members are read in turn; zero padding after them is ignored.
-    """
-
-    _STEP = 1 << 13  # compressed bytes per step
-
-    def __init__(self, path: str) -> None:
-        self._file = open(path, "rb")  # noqa: SIM115 (closed in close())
-        super().__init__()
-        self._inflate = zlib.decompressobj(wbits=31)
-        self._in_member = False
-        self._pending = memoryview(b"")
-        self._error: Exception | None = None
-        self._eof = False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while not self._pending:
-            if self._error is not None:
-                raise self._error
-            if self._eof:
-                return 0
-            self._step()
-        n = min(len(buffer), len(self._pending))
-        buffer[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
-
-    def _step(self) -> None:
-        data = self._file.read(self._STEP)
-        if not data:
-            if self._in_member:
-                self._error = EOFError("the compressed file ends before its end-of-stream marker")
-            else:
-                self._eof = True
-            return
-        saved = (self._inflate.copy(), self._in_member)
-        out: list[bytes] = []
-        try:
-            self._feed(data, out)
-        except zlib.error as exc:
-            # Replay a byte at a time (only ever on damage) to keep all output before it.
-            self._inflate, self._in_member = saved
-            out.clear()
-            with contextlib.suppress(zlib.error):
-                for i in range(len(data)):
-                    self._feed(data[i : i + 1], out)
-            self._error = exc
-        self._pending = memoryview(b"".join(out))
-
-    def _feed(self, data: bytes, out: list[bytes]) -> None:
-        while data:
-            if not self._in_member:
-                data = data.lstrip(b"\0")  # padding between or after members
-                if not data:
-                    return
-            self._in_member = True
-            out.append(self._inflate.decompress(data))
-            data = b""
-            if self._inflate.eof:
-                data = self._inflate.unused_data
-                self._inflate = zlib.decompressobj(wbits=31)
-                self._in_member = False
-
-    def close(self) -> None:
-        # A stream whose file failed to open is still finalized: it has nothing to close.
-        if (file := getattr(self, "_file", None)) is not None:
-            file.close()
-        super().close()
+def _why(exc: BaseException) -> str:
+    """What a read error means to the user."""
+    return str(exc) if isinstance(exc, BrokenInput) else f"cannot read past this line: {exc}"
 
 
 class JsonlSource:
     """Reads a JSONL input in chunks, from a given line and byte offset.
 
     ``skip(line)`` says a line is already done (a resumed run): it is read but
-    neither checked nor sent. Reading is blocking; call ``read_chunk`` from a
-    worker thread.
+    neither checked nor sent. ``expected_size`` is the input's size when the
+    run took its fingerprint: an input that ends before it changed under the
+    run, which is an error, never a complete read. Reading is blocking; call
+    ``read_chunk`` from a worker thread. The first call does the slow part of
+    opening: it checks a gzip input whole, reads past the done lines of one
+    that cannot seek, and waits for stdin's first bytes.
 
         source = JsonlSource("rows.jsonl", max_row_bytes=4 << 20)
         while chunk := source.read_chunk():
@@ -209,26 +183,39 @@ class JsonlSource:
         start_line: int = 1,
         start_offset: int = 0,
         skip: Callable[[int], bool] | None = None,
+        expected_size: int | None = None,
     ) -> None:
         self.path = path
         self.max_row_bytes = max_row_bytes
-        self._file = open_input(path)
+        self._file, self._gzip = open_input(path, expected_size=expected_size)
+        # The gzip stream checks its compressed size itself; offsets here count its output.
+        self._size = None if self._gzip is not None else expected_size
         self._line = start_line - 1
         self._offset = start_offset
         self._skip = skip
         self.skipped = 0
         self._error: SourceError | None = None
-        try:
-            self._position(start_line, start_offset)
-        except BaseException:
-            self.close()
-            raise
+        self._unready: tuple[int, int] | None = (start_line, start_offset)
 
-    def _position(self, start_line: int, start_offset: int) -> None:
-        """Move to ``start_offset``: seek where the input allows it, read past otherwise."""
+    def _prepare(self, start_line: int, start_offset: int) -> None:
+        """Check what stdin holds, then move to ``start_offset``."""
+        if self.path == "-":
+            head = self._file.peek(8)[:8]  # type: ignore[attr-defined]
+            if head.startswith(GZIP_MAGIC):
+                raise SourceError(
+                    "stdin holds gzip data, whose checksums come only at its end: pass the "
+                    ".gz file as --input so it can be checked before any row is sent, or "
+                    "decompress it first",
+                    path=self.path,
+                )
+            _refuse_compressed(head, self.path)
+        if self._gzip is not None:
+            # Called on the stream itself, not through the buffer: a close() on a stop
+            # must not wait for the buffer's lock while the whole file is checked.
+            self._gzip.check()
         if start_offset == 0:
             return
-        if self._file.seekable() and not self.path.endswith(".gz"):
+        if self._file.seekable() and self._gzip is None:
             self._file.seek(start_offset)
             return
         self._line, self._offset = 0, 0
@@ -246,34 +233,41 @@ class JsonlSource:
         """Read until ``max_lines`` rows or rejects; an empty chunk means the input is exhausted."""
         if self._error is not None:
             raise self._error
+        if self._unready is not None:
+            try:
+                self._prepare(*self._unready)
+            except (OSError, EOFError, BrokenInput) as exc:
+                raise SourceError(_why(exc), path=self.path) from exc
+            self._unready = None
         chunk = Chunk()
-        rows, lines, ends, rejects = chunk.rows, chunk.lines, chunk.ends, chunk.rejects
+        rows, lines, ends, starts = chunk.rows, chunk.lines, chunk.ends, chunk.starts
+        rejects = chunk.rejects
         readline, skip, loads = self._file.readline, self._skip, orjson.loads
         limit = self.max_row_bytes - ENVELOPE_BYTES
         # No sendable row is longer; room is left for whitespace and a CRLF.
         cap = self.max_row_bytes + _SLACK
-        number, offset = self._line, self._offset
+        number, offset, expected = self._line, self._offset, self._size
         try:
             while len(rows) + len(rejects) < max_lines:
                 line = readline(cap)
-                if not line:
-                    break
+                size = len(line)
+                if not size or line[-1] != 10:  # the end, a line at the cap, or a last line
+                    if size == cap:
+                        size += self._skip_rest_of_line()  # never held whole: memory stays flat
+                    elif expected is not None and offset + size < expected:
+                        raise changed_under_run(expected, offset + size)  # a line cut short
+                    elif not size:
+                        break
                 number += 1
                 start = offset
-                size = len(line)
-                if size == cap and not line.endswith(b"\n"):
-                    size += self._skip_rest_of_line()  # never held whole: memory stays flat
                 offset += size
                 if skip is not None and skip(number):
                     self.skipped += 1
                     continue
                 if size > len(line):
-                    too_long = (
-                        f"row is {size:,} bytes, larger than batch_bytes "
-                        f"({self.max_row_bytes:,}); raise batch_bytes or shrink the row "
-                        f"(the rejects file keeps its first {_SLACK} bytes)"
-                    )
-                    rejects.append(Reject(number, start, offset, too_long, line[:_SLACK]))
+                    kept = f" (the rejects file keeps its first {_SLACK} bytes)"
+                    why = _too_long(size, self.max_row_bytes) + kept
+                    rejects.append(Reject(number, start, offset, why, line[:_SLACK]))
                     continue
                 raw = line.strip(_WHITESPACE)
                 if number == 1 and raw.startswith(BOM):
@@ -299,10 +293,11 @@ class JsonlSource:
                     rows.append(raw)
                     lines.append(number)
                     ends.append(offset)
+                    starts.append(start)
                     continue
                 rejects.append(Reject(number, start, offset, reason, line.rstrip(b"\r\n")))
-        except (OSError, EOFError, zlib.error) as exc:
-            error = SourceError(f"cannot read past this line: {exc}", path=self.path, line=number)
+        except (OSError, EOFError, BrokenInput) as exc:
+            error = SourceError(_why(exc), path=self.path, line=number or None)
             error.__cause__ = exc
             if not chunk:
                 raise error from exc

@@ -21,6 +21,7 @@ def chunks_from(sizes: list[int], gaps: list[int], per_chunk: int = 7) -> list[C
         out[-1].rows.append(raw)
         out[-1].lines.append(line)
         out[-1].ends.append(offset)
+        out[-1].starts.append(offset - len(raw) - 1)
         line += 1
     return out
 
@@ -72,6 +73,7 @@ def test_split_halves_cover_the_whole(n: int) -> None:
     batch = next(batch_chunks(chunks_from([20] * n, [1]), batch_rows=1000, batch_bytes=1 << 20))
     first, second = batch.split()
     assert first.rows + second.rows == batch.rows
+    assert first.starts + second.starts == batch.starts
     assert (first.first_line, first.start) == (batch.first_line, batch.start)
     assert (second.first_line, second.start) == (first.last_line + 1, first.end)
     assert (second.last_line, second.end) == (batch.last_line, batch.end)
@@ -81,14 +83,14 @@ def test_split_halves_cover_the_whole(n: int) -> None:
 def test_body_is_the_rows_own_bytes() -> None:
     """The body splices the raw rows, so values such as huge integers are not re-serialized."""
     raw = b'{"big": 12345678901234567890123, "f": 1.0}'
-    batch = Batch(0, 1, 0, (raw, b'{"a":1}'), (1, 2), (10, 20))
+    batch = Batch(0, 1, 0, (raw, b'{"a":1}'), (1, 2), (10, 20), (0, 10))
     assert batch.body() == b'{"examples":[' + raw + b',{"a":1}]}'
 
 
 def test_batcher_continues_numbering_and_position_on_resume() -> None:
     """A resumed batcher numbers from the checkpoint's next seq and starts at its line."""
     batcher = Batcher(batch_rows=2, batch_bytes=1 << 20, first_seq=9, first_line=51, start=700)
-    assert batcher.extend([b'{"a":1}'], [53], [730]) == []
+    assert batcher.extend([b'{"a":1}'], [53], [730], [722]) == []
     batch = batcher.flush()
     assert batch is not None
     assert (batch.seq, batch.first_line, batch.start, batch.end) == (9, 51, 700, 730)

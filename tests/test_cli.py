@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import signal
 import subprocess
@@ -311,3 +312,25 @@ def test_closed_stdin_is_a_clear_error(server: str, tmp_path: Path) -> None:
         timeout=60,
     )
     assert closed.returncode == 2 and "stdin is closed" in closed.stderr
+
+
+def test_gzip_on_stdin_is_refused_and_a_damaged_gz_sends_nothing(
+    server: str, tmp_path: Path
+) -> None:
+    """Gzip on stdin cannot be checked first, so it is refused; a damaged .gz sends no row."""
+    write_rows(tmp_path / "rows.jsonl", 2000)
+    packed = bytearray(gzip.compress((tmp_path / "rows.jsonl").read_bytes()))
+    cmd = ingest_cmd(tmp_path, server)
+    cmd[cmd.index("--input") + 1] = "-"
+    env = {**os.environ, "ARIZE_API_KEY": KEY}
+    piped = subprocess.run(cmd, input=bytes(packed), env=env, capture_output=True, timeout=60)
+    assert piped.returncode == 2
+    assert b"stdin holds gzip data" in piped.stderr and b"--input" in piped.stderr
+    packed[len(packed) // 2] ^= 0x04
+    (tmp_path / "rows.jsonl.GZ").write_bytes(packed)
+    cmd = ingest_cmd(tmp_path, server, "--checkpoint", str(tmp_path / "gz.ckpt"))
+    cmd[cmd.index("--input") + 1] = str(tmp_path / "rows.jsonl.GZ")
+    damaged = run_ingest(cmd)
+    assert damaged.returncode == 2
+    assert "rows.jsonl.GZ: gzip member 1 (from compressed byte 0) is damaged" in damaged.stderr
+    assert list(list_all(server, DATASET)) == []

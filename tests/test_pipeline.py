@@ -221,6 +221,23 @@ async def test_bisection_isolates_a_poison_row(fake: Any, tmp_path: Path) -> Non
     assert read_journal(summary.checkpoint).in_flight == []  # halved wholes are not in flight
 
 
+async def test_a_refused_row_is_rejected_at_its_own_line_offset(fake: Any, tmp_path: Path) -> None:
+    """A server-refused row's reject offset is where its line starts, past blank and bad lines."""
+    poison = b'{"i": 5, "poison": true}'
+    data = b'{"i":0}\n\nnot json\n\n' + poison + b'\n{"i": 6}\n'
+    (tmp_path / "rows.jsonl").write_bytes(data)
+    fake.state.faults.refuse_field = "poison"
+    rejects = tmp_path / "rejects.jsonl"
+    summary = await ingest.upload(
+        api_key=fake.api_key, **settings(fake, tmp_path, batch_rows=2, rejects=str(rejects))
+    )
+    assert (summary.rows_delivered, summary.rows_rejected) == (2, 2)
+    entries = {e["line"]: e for e in map(orjson.loads, rejects.read_bytes().splitlines())}
+    assert entries[3]["offset"] == data.index(b"not json")
+    assert entries[5]["offset"] == data.index(poison) == 19
+    assert entries[5]["raw"] == poison.decode()
+
+
 async def test_500_on_large_bodies_halves_the_batch(fake: Any, tmp_path: Path) -> None:
     """Repeated HTTP 500s (Arize's answer to big bodies) halve the batch until it fits."""
     write_rows(tmp_path / "rows.jsonl", 2000)
@@ -314,19 +331,91 @@ async def test_restart_sets_the_old_rejects_aside(fake: Any, tmp_path: Path) -> 
     assert b"OLD-BAD" in (tmp_path / "rejects.jsonl.bak").read_bytes()
 
 
+def gz_rows(first: int, n: int) -> bytes:
+    return b"".join(
+        orjson.dumps({"i": i, "pad": "x" * 80}) + b"\n" for i in range(first, first + n)
+    )
+
+
 async def test_unreadable_input_fails_after_in_flight_rows_are_recorded(
     fake: Any, tmp_path: Path
 ) -> None:
-    """A .gz cut short stops the run naming file and line; what was sent is journaled as done."""
-    rows = b"".join(orjson.dumps({"i": i, "pad": "x" * 80}) + b"\n" for i in range(20_000))
-    (tmp_path / "rows.jsonl.gz").write_bytes(gzip.compress(rows)[:-4000])
-    with pytest.raises(ingest.SourceError, match=r"rows\.jsonl\.gz:\d+") as info:
+    """A .gz whose second member is cut short: the first's rows land and are journaled as done."""
+    first = gzip.compress(gz_rows(0, 5000))
+    (tmp_path / "rows.jsonl.gz").write_bytes(first + gzip.compress(gz_rows(5000, 5000))[:-4000])
+    with pytest.raises(ingest.SourceError, match=r"rows\.jsonl\.gz:5000: gzip member 2") as info:
         await ingest.upload(
             api_key=fake.api_key, **settings(fake, tmp_path, input=str(tmp_path / "rows.jsonl.gz"))
         )
     assert info.value.exit_code == 2
     state = read_journal(info.value.summary.checkpoint)
-    assert state.delivered_rows == fake.state.example_count(fake.dataset_id) > 0
+    assert state.delivered_rows == fake.state.example_count(fake.dataset_id) == 5000
+    assert state.finished is None
+
+
+async def test_a_damaged_gzip_member_sends_none_of_its_rows(fake: Any, tmp_path: Path) -> None:
+    """A flipped byte inside a one-member .gz: exit 2 naming it, and not one row is sent."""
+    packed = bytearray(gzip.compress(gz_rows(0, 20_000)))
+    packed[len(packed) // 2] ^= 0x04
+    (tmp_path / "rows.jsonl.gz").write_bytes(packed)
+    with pytest.raises(ingest.SourceError, match=r"rows\.jsonl\.gz: gzip member 1 .* damaged"):
+        await ingest.upload(
+            api_key=fake.api_key, **settings(fake, tmp_path, input=str(tmp_path / "rows.jsonl.gz"))
+        )
+    assert fake.state.post_examples_requests == 0
+    assert fake.state.example_count(fake.dataset_id) == 0
+
+
+async def test_rows_of_intact_members_land_before_a_damaged_one(fake: Any, tmp_path: Path) -> None:
+    """With the second of two members damaged, exactly the first member's rows are stored."""
+    second = bytearray(gzip.compress(gz_rows(3000, 3000)))
+    second[len(second) // 2] ^= 0x04
+    (tmp_path / "rows.jsonl.gz").write_bytes(gzip.compress(gz_rows(0, 3000)) + second)
+    with pytest.raises(ingest.SourceError, match=r"gzip member 2 .* no row of it is sent") as info:
+        await ingest.upload(
+            api_key=fake.api_key, **settings(fake, tmp_path, input=str(tmp_path / "rows.jsonl.gz"))
+        )
+    assert sorted(by_row(fake.state.examples(fake.dataset_id))) == list(range(3000))
+    assert read_journal(info.value.summary.checkpoint).finished is None
+
+
+async def test_an_input_truncated_during_the_run_is_not_complete(fake: Any, tmp_path: Path) -> None:
+    """A file cut short while the run reads it ends in a SourceError, never as complete."""
+    path = tmp_path / "rows.jsonl"
+    write_rows(path, 60_000)
+    size = path.stat().st_size
+    fake.state.faults.latency = 0.02  # the reader stays far behind the end of the file
+    outcome: list[object] = []
+
+    async def run() -> None:
+        try:
+            outcome.append(
+                await ingest.upload(
+                    api_key=fake.api_key, **settings(fake, tmp_path, batch_rows=100, concurrency=2)
+                )
+            )
+        except ingest.SourceError as exc:
+            outcome.append(exc)
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            for _ in range(5000):  # poll until the first rows land
+                if fake.state.example_count(fake.dataset_id):
+                    break
+                await anyio.sleep(0.01)
+            with path.open("r+b") as f:
+                f.truncate(size // 2)
+            fake.state.faults.latency = 0.0
+    [error] = outcome
+    assert isinstance(error, ingest.SourceError), f"the run ended as {error}"
+    assert f"it had {size:,} bytes when the run started, it ends at byte {size // 2:,}" in str(
+        error
+    )
+    assert error.exit_code == 2 and error.summary.status == "failed"
+    state = read_journal(error.summary.checkpoint)
+    assert state.finished is None
+    assert state.delivered_rows == fake.state.example_count(fake.dataset_id) < 60_000
 
 
 async def test_a_stop_abandons_batches_waiting_to_retry(fake: Any, tmp_path: Path) -> None:

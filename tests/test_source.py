@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import bz2
 import gc
 import gzip
+import lzma
 import random
 import zlib
 from pathlib import Path
@@ -75,8 +77,23 @@ def test_oversized_row_is_rejected_with_its_size(tmp_path: Path) -> None:
     path = tmp_path / "in.jsonl"
     path.write_bytes(b'{"a": "' + b"x" * 2000 + b'"}\n{"b": 1}\n')
     items = read_all(JsonlSource(str(path), max_row_bytes=1024))
-    assert isinstance(items[0], Reject) and "larger than batch_bytes" in items[0].reason
+    assert isinstance(items[0], Reject) and "a row may hold at most 1,009" in items[0].reason
     assert items[1] == (2, len(path.read_bytes()), b'{"b": 1}')
+
+
+def test_a_row_just_over_the_limit_is_rejected_naming_the_real_limit(tmp_path: Path) -> None:
+    """A row over batch_bytes minus the envelope is refused naming that limit, not batch_bytes."""
+    fits = b'{"a":"' + b"x" * (1009 - 8) + b'"}'
+    over = b'{"b":"' + b"x" * (1014 - 8) + b'"}'
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(fits + b"\n" + over + b"\n")
+    items = read_all(JsonlSource(str(path), max_row_bytes=1024))
+    assert items[0] == (1, 1010, fits)
+    assert isinstance(items[1], Reject)
+    assert items[1].reason == (
+        "row is 1,014 bytes; with batch_bytes 1,024 a row may hold at most 1,009 "
+        "(the request envelope takes 15); raise batch_bytes or shrink the row"
+    )
 
 
 def test_offsets_allow_seeking_to_any_line(tmp_path: Path) -> None:
@@ -123,24 +140,65 @@ def test_skip_reads_but_does_not_return_done_lines(tmp_path: Path) -> None:
     assert source.skipped == 5
 
 
-def test_truncated_gzip_hands_over_every_whole_row_then_names_the_line(tmp_path: Path) -> None:
-    """A .gz cut short yields every whole row before the cut, then an error naming file and line."""
-    rows = b"".join(
+def varied_rows(n: int, first: int = 0) -> bytes:
+    """``n`` JSONL rows that do not compress to nearly nothing."""
+    return b"".join(
         orjson.dumps({"i": i, "pad": random.Random(i).randbytes(30).hex()}) + b"\n"
-        for i in range(20_000)
+        for i in range(first, first + n)
     )
-    packed = gzip.compress(rows)[:-20_000]
-    readable = zlib.decompressobj(wbits=31).decompress(packed).count(b"\n")
-    path = tmp_path / "in.jsonl.gz"
-    path.write_bytes(packed)
-    good = []
-    source = JsonlSource(str(path), max_row_bytes=1 << 20)
-    error = rf"in\.jsonl\.gz:{readable}: .*end-of-stream"
+
+
+def read_until_error(source: JsonlSource, error: str) -> list[bytes]:
+    """Every row ``source`` hands over before it raises a SourceError matching ``error``."""
+    good: list[bytes] = []
     with source, pytest.raises(SourceError, match=error):
         while True:
-            good.extend(source.read_chunk(max_lines=1000).rows)
-    assert 0 < len(good) == readable < 20_000
-    assert good == rows.splitlines()[:readable]
+            chunk = source.read_chunk(max_lines=1000)
+            assert chunk, "the input was read to its end without an error"
+            good.extend(chunk.rows)
+    return good
+
+
+def test_truncated_gzip_hands_over_no_row_of_the_cut_member(tmp_path: Path) -> None:
+    """A .gz cut short yields no row of the member it cuts: its checksum cannot be checked."""
+    path = tmp_path / "in.jsonl.gz"
+    path.write_bytes(gzip.compress(varied_rows(20_000))[:-20_000])
+    error = r"in\.jsonl\.gz: gzip member 1 \(from compressed byte 0\) is cut short"
+    assert read_until_error(JsonlSource(str(path), max_row_bytes=1 << 20), error) == []
+
+
+def test_a_flipped_byte_mid_member_delivers_no_row_of_it(tmp_path: Path) -> None:
+    """One flipped byte inside a member's data: no row of it is handed over, the error names it."""
+    rows = varied_rows(20_000)
+    packed = bytearray(gzip.compress(rows))
+    packed[len(packed) // 2] ^= 0x01
+    assert zlib.decompressobj(wbits=31).decompress(packed[:-8])  # it inflates, unchecked
+    path = tmp_path / "in.jsonl.gz"
+    path.write_bytes(packed)
+    error = r"in\.jsonl\.gz: gzip member 1 \(from compressed byte 0\) is damaged"
+    assert read_until_error(JsonlSource(str(path), max_row_bytes=1 << 20), error) == []
+
+
+def test_a_bad_crc_delivers_no_row_of_its_member(tmp_path: Path) -> None:
+    """A member whose trailer CRC does not match hands over no row, though all of them inflate."""
+    packed = bytearray(gzip.compress(varied_rows(20_000)))
+    packed[-8] ^= 0xFF  # the CRC-32 in the trailer
+    path = tmp_path / "in.jsonl.gz"
+    path.write_bytes(packed)
+    error = r"member 1 .* is damaged \(.*incorrect data check\): no row of it is sent"
+    assert read_until_error(JsonlSource(str(path), max_row_bytes=1 << 20), error) == []
+
+
+def test_rows_of_intact_members_before_a_damaged_one_are_handed_over(tmp_path: Path) -> None:
+    """With the second member damaged, every row of the first comes out, none of the second."""
+    first = gzip.compress(varied_rows(3000))
+    second = bytearray(gzip.compress(varied_rows(3000, first=3000)))
+    second[len(second) // 2] ^= 0x01
+    path = tmp_path / "in.jsonl.gz"
+    path.write_bytes(first + second)
+    error = rf"in\.jsonl\.gz:3000: gzip member 2 \(from compressed byte {len(first):,}\)"
+    good = read_until_error(JsonlSource(str(path), max_row_bytes=1 << 20), error)
+    assert good == varied_rows(3000).splitlines()
 
 
 def test_concatenated_gzip_members_are_read_in_turn(tmp_path: Path) -> None:
@@ -165,24 +223,6 @@ def test_reject_line_keeps_raw_bytes_even_when_not_utf8() -> None:
     assert entry == {"line": 3, "offset": 10, "reason": "not valid UTF-8", "raw_base64": "//4="}
 
 
-def test_corrupt_gzip_hands_over_every_row_decoded_before_the_damage(tmp_path: Path) -> None:
-    """A .gz whose damage zlib finds mid-read (here: a bad CRC) still yields every row before it."""
-    rows = b"".join(
-        orjson.dumps({"i": i, "pad": random.Random(i).randbytes(30).hex()}) + b"\n"
-        for i in range(20_000)
-    )
-    packed = bytearray(gzip.compress(rows))
-    packed[-8] ^= 0xFF  # the CRC32 in the trailer, checked in the same read as the last rows
-    path = tmp_path / "in.jsonl.gz"
-    path.write_bytes(packed)
-    good = []
-    source = JsonlSource(str(path), max_row_bytes=1 << 20)
-    with source, pytest.raises(SourceError, match="incorrect data check"):
-        while True:
-            good.extend(source.read_chunk(max_lines=1000).rows)
-    assert good == rows.splitlines()
-
-
 def test_gzip_zero_padding_after_a_member_is_ignored(tmp_path: Path) -> None:
     """Zero padding after the last member, even across read steps, is not an error."""
     path = tmp_path / "in.jsonl.gz"
@@ -198,7 +238,10 @@ def test_a_huge_line_is_rejected_without_being_held(tmp_path: Path) -> None:
     items = read_all(JsonlSource(str(path), max_row_bytes=1 << 20))
     reject = items[1]
     assert isinstance(reject, Reject) and reject.line == 2
-    assert reject.reason.startswith(f"row is {len(huge):,} bytes, larger than batch_bytes")
+    assert reject.reason.startswith(
+        f"row is {len(huge):,} bytes; with batch_bytes {1 << 20:,} a row may hold at most "
+        f"{(1 << 20) - 15:,} (the request envelope takes 15)"
+    )
     assert len(reject.raw) == 1024
     assert items[2] == (3, len(path.read_bytes()), b'{"after":2}')
 
@@ -208,3 +251,80 @@ def test_missing_gzip_input_is_a_clean_source_error(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="nope.jsonl.gz"):
         JsonlSource(str(tmp_path / "nope.jsonl.gz"), max_row_bytes=1024)
     gc.collect()  # a half-built stream's finalizer would raise here
+
+
+def test_gzip_is_known_by_its_bytes_not_its_name(tmp_path: Path) -> None:
+    """A gzip named .GZ or .jsonl is decompressed; a plain file named .gz is read as plain."""
+    rows = varied_rows(50)
+    (tmp_path / "upper.JSONL.GZ").write_bytes(gzip.compress(rows))
+    (tmp_path / "packed.jsonl").write_bytes(gzip.compress(rows))
+    (tmp_path / "plain.jsonl.gz").write_bytes(rows)
+    for name in ("upper.JSONL.GZ", "packed.jsonl", "plain.jsonl.gz"):
+        items = read_all(JsonlSource(str(tmp_path / name), max_row_bytes=1 << 20))
+        assert [i[2] for i in items if not isinstance(i, Reject)] == rows.splitlines(), name
+
+
+def test_a_plain_file_named_gz_resumes_by_seeking(tmp_path: Path) -> None:
+    """A plain file named .gz seeks to the checkpoint's offset like any plain file."""
+    rows = varied_rows(10)
+    path = tmp_path / "plain.jsonl.gz"
+    path.write_bytes(rows)
+    third_end = len(b"".join(rows.splitlines(keepends=True)[:3]))
+    items = read_all(
+        JsonlSource(str(path), max_row_bytes=1 << 20, start_line=4, start_offset=third_end)
+    )
+    assert [i[2] for i in items if not isinstance(i, Reject)] == rows.splitlines()[3:]
+
+
+def test_other_compressed_input_is_refused_with_a_hint(tmp_path: Path) -> None:
+    """An xz or bzip2 file gives one clear error, not a reject per line of garbage."""
+    (tmp_path / "rows.xz").write_bytes(lzma.compress(varied_rows(10)))
+    (tmp_path / "rows.bz2").write_bytes(bz2.compress(varied_rows(10)))
+    with pytest.raises(SourceError, match=r"rows\.xz: the input holds xz data; decompress it"):
+        JsonlSource(str(tmp_path / "rows.xz"), max_row_bytes=1024)
+    with pytest.raises(SourceError, match="holds bzip2 data"):
+        JsonlSource(str(tmp_path / "rows.bz2"), max_row_bytes=1024)
+
+
+def test_an_input_shorter_than_at_the_start_is_an_error_not_its_end(tmp_path: Path) -> None:
+    """EOF before the fingerprinted size raises, after the whole rows before it."""
+    rows = varied_rows(100)
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(rows)
+    error = rf"it had {len(rows) + 500:,} bytes when the run started, it ends at byte {len(rows):,}"
+    source = JsonlSource(str(path), max_row_bytes=1 << 20, expected_size=len(rows) + 500)
+    assert read_until_error(source, error) == rows.splitlines()
+
+
+def test_a_line_cut_short_by_a_truncation_is_neither_sent_nor_rejected(tmp_path: Path) -> None:
+    """A last line without newline that ends before the fingerprinted size is not a row."""
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"b": 2}')  # was {"b": 23}\n when the run started
+    source = JsonlSource(str(path), max_row_bytes=1024, expected_size=19)
+    with source:
+        chunk = source.read_chunk()
+        assert (chunk.rows, chunk.rejects) == ([b'{"a": 1}'], [])
+        with pytest.raises(SourceError, match="in.jsonl:1: the input changed under the run"):
+            source.read_chunk()
+
+
+def test_a_last_line_without_newline_is_a_row_when_the_size_matches(tmp_path: Path) -> None:
+    """A file that simply lacks a final newline reads to its end with no error."""
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"b": 2}')
+    source = JsonlSource(str(path), max_row_bytes=1024, expected_size=17)
+    assert [i[2] for i in read_all(source) if not isinstance(i, Reject)] == [
+        b'{"a": 1}',
+        b'{"b": 2}',
+    ]
+
+
+def test_a_gzip_shorter_than_at_the_start_is_an_error(tmp_path: Path) -> None:
+    """A .gz cut at a member boundary since the start is caught by its compressed size."""
+    first = gzip.compress(varied_rows(100))
+    path = tmp_path / "in.jsonl.gz"
+    path.write_bytes(first)  # a second member was there when the run started
+    had = len(first) + 1000
+    error = rf"changed under the run: it had {had:,} bytes .* ends at byte {len(first):,}"
+    source = JsonlSource(str(path), max_row_bytes=1 << 20, expected_size=had)
+    assert read_until_error(source, error) == varied_rows(100).splitlines()
