@@ -21,14 +21,13 @@ group-committed by one task that fsyncs in a worker thread, so the event loop
 never waits on the disk and many workers share one fsync. A torn last line (a
 crash mid-write) is dropped.
 
-The fingerprint identifies the input by content (size and a hash of its first
-and last MiB), not by path, plus the dataset and version it goes to.
+The header's fingerprint (``ingest.identity``) names the input by content, not
+by path, and the dataset and version it goes to.
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import math
 import os
 from bisect import bisect_right
@@ -40,29 +39,12 @@ import anyio
 import orjson
 
 from ingest.errors import CheckpointError
+from ingest.identity import fingerprint as fingerprint
+from ingest.identity import mismatch
 from ingest.source import Reject
 
 JOURNAL_VERSION = 1
-_EDGE = 1 << 20
 _TAIL = 16 << 20  # of a rejects file: more than one group commit ever writes
-
-
-def fingerprint(input_path: str, dataset_id: str, dataset_version_id: str | None) -> dict[str, Any]:
-    """What a checkpoint belongs to: the input's content identity, dataset and version."""
-    if input_path == "-":
-        identity: dict[str, Any] = {"stdin": True}
-    else:
-        with open(input_path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            head = hashlib.sha256(f.read(_EDGE)).hexdigest()
-            f.seek(max(size - _EDGE, 0))
-            tail = hashlib.sha256(f.read(_EDGE)).hexdigest()
-        identity = {"size": size, "head_sha256": head, "tail_sha256": tail}
-    return {
-        "input": identity,
-        "dataset_id": dataset_id,
-        "dataset_version_id": dataset_version_id or None,
-    }
 
 
 class LineRanges:
@@ -207,18 +189,6 @@ def read_journal(path: str) -> JournalState:
     return parse_journal(data, path)[0]
 
 
-def _mismatch(old: dict[str, Any], new: dict[str, Any]) -> str | None:
-    if old.get("dataset_id") != new["dataset_id"]:
-        return f"dataset {old.get('dataset_id')!r}, not {new['dataset_id']!r}"
-    if old.get("dataset_version_id") != new["dataset_version_id"]:
-        return f"dataset version {old.get('dataset_version_id')!r}"
-    if new["input"].get("stdin"):
-        return "an earlier run from stdin, which cannot be checked to be the same input"
-    if old.get("input") != new["input"]:
-        return "another input (its size or content differs)"
-    return None
-
-
 class CheckpointJournal:
     """The journal of one run: open it, run its writer task, write records, close it.
 
@@ -292,7 +262,7 @@ class CheckpointJournal:
             if not restart or not _has_header(data):
                 raise
             state, good = JournalState(fingerprint={}), 0  # ours but damaged: start over
-        reason = _mismatch(state.fingerprint, fp) if state.fingerprint is not None else None
+        reason = mismatch(state.fingerprint, fp) if state.fingerprint is not None else None
         if reason is not None and not restart:
             raise CheckpointError(
                 f"{path}: this checkpoint is for {reason}. Pass --restart to start over "

@@ -31,7 +31,7 @@ from aiolimiter import AsyncLimiter
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from ingest.batcher import Batch, Batcher
-from ingest.checkpoint import CheckpointJournal, JournalState, fingerprint
+from ingest.checkpoint import CheckpointJournal, JournalState
 from ingest.client import DatasetsClient, Reply
 from ingest.config import API_KEY_ENV, RunConfig
 from ingest.errors import (
@@ -41,6 +41,7 @@ from ingest.errors import (
     IngestError,
     SourceError,
 )
+from ingest.identity import fingerprint
 from ingest.report import Progress, RunStats, Summary, summarize
 from ingest.retry import Action, RetryPolicy, classify
 from ingest.sender import Sender
