@@ -3,7 +3,8 @@
 Takes records of what the sender is about to do and has done; gives back, when
 a run starts, what is already done. One JSON object per line:
 
-    {"t": "header", "v": 1, "fingerprint": {...}}     what run this journal belongs to
+    {"t": "header", "v": 2, "fingerprint": {...}}     what run this journal belongs to
+    {"t": "identity", "input": {...}}   the input's full identity, after a version-1 header
     {"t": "start", "resent_in_flight": [[seq, part, a, b], ...], ...}   each run's start
     {"t": "rejected", "line": 7, "bytes": [s, e], "reason": "..."}
     {"t": "sending", "seq": 3, "part": "", "lines": [a, b], "bytes": [s, e], "rows": n}
@@ -40,10 +41,11 @@ import orjson
 
 from ingest.errors import CheckpointError
 from ingest.identity import fingerprint as fingerprint
-from ingest.identity import mismatch
+from ingest.identity import is_v1_identity, mismatch
 from ingest.source import Reject
 
-JOURNAL_VERSION = 1
+JOURNAL_VERSION = 2  # 2: the input's mtime and sampled blocks join its identity
+_READABLE_VERSIONS = (1, 2)
 _TAIL = 16 << 20  # of a rejects file: more than one group commit ever writes
 
 
@@ -125,6 +127,8 @@ class JournalState:
         kind = rec.get("t")
         if kind == "header":
             self.fingerprint = rec.get("fingerprint")
+        elif kind == "identity" and self.fingerprint is not None:
+            self.fingerprint = {**self.fingerprint, "input": rec["input"]}
         elif kind == "start":
             self.attempts += 1
         elif kind == "rejected":
@@ -155,8 +159,8 @@ def parse_journal(data: bytes, path: str) -> tuple[JournalState, int]:
     for number, line in enumerate(data[:good].splitlines(), start=1):
         try:
             rec = orjson.loads(line)
-            if number == 1 and (rec.get("t") != "header" or rec.get("v") != JOURNAL_VERSION):
-                raise ValueError("first line is not an ingest checkpoint header")
+            if number == 1:
+                _check_header(rec, path)
             state.apply(rec, sending)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             if number == 1:
@@ -177,6 +181,19 @@ def parse_journal(data: bytes, path: str) -> tuple[JournalState, int]:
         key=lambda r: (r["seq"], r["part"]),
     )
     return state, good
+
+
+def _check_header(rec: Any, path: str) -> None:
+    if not isinstance(rec, dict) or rec.get("t") != "header":
+        raise ValueError("first line is not an ingest checkpoint header")
+    version = rec.get("v")
+    if isinstance(version, int) and version > JOURNAL_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint was written by a newer ingest (journal version {version}); "
+            "upgrade ingest or use another --checkpoint"
+        )
+    if version not in _READABLE_VERSIONS:
+        raise ValueError(f"unknown journal version {version!r}")
 
 
 def read_journal(path: str) -> JournalState:
@@ -215,9 +232,18 @@ class CheckpointJournal:
 
     @classmethod
     def open(
-        cls, path: str, fp: dict[str, Any], *, rejects_path: str, restart: bool = False
+        cls,
+        path: str,
+        fp: dict[str, Any],
+        *,
+        rejects_path: str,
+        restart: bool = False,
+        input_path: str = "the input",
     ) -> tuple[CheckpointJournal, JournalState]:
-        """Take the journal at ``path`` (creating it), check it belongs to this run, load it."""
+        """Take the journal at ``path`` (creating it), check it belongs to this run, load it.
+
+        ``input_path`` only names the input in messages.
+        """
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
@@ -234,7 +260,7 @@ class CheckpointJournal:
                 "(or pass --checkpoint for a separate run)"
             ) from None
         try:
-            state = cls._load(fd, path, fp, restart, rejects_path)
+            state = cls._load(fd, path, fp, restart, rejects_path, input_path)
         except BaseException:
             os.close(fd)
             raise
@@ -252,7 +278,7 @@ class CheckpointJournal:
 
     @staticmethod
     def _load(
-        fd: int, path: str, fp: dict[str, Any], restart: bool, rejects_path: str
+        fd: int, path: str, fp: dict[str, Any], restart: bool, rejects_path: str, input_path: str
     ) -> JournalState:
         size = os.fstat(fd).st_size
         data = os.pread(fd, size, 0) if size else b""
@@ -262,7 +288,9 @@ class CheckpointJournal:
             if not restart or not _has_header(data):
                 raise
             state, good = JournalState(fingerprint={}), 0  # ours but damaged: start over
-        reason = mismatch(state.fingerprint, fp) if state.fingerprint is not None else None
+        reason = None
+        if state.fingerprint is not None:
+            reason = mismatch(state.fingerprint, fp, input_path=input_path)
         if reason is not None and not restart:
             raise CheckpointError(
                 f"{path}: this checkpoint is for {reason}. Pass --restart to start over "
@@ -285,6 +313,13 @@ class CheckpointJournal:
             os.ftruncate(fd, good)
             os.fsync(fd)
         os.lseek(fd, 0, os.SEEK_END)
+        assert state.fingerprint is not None
+        if is_v1_identity(state.fingerprint.get("input") or {}):
+            # A version-1 header saw only the size and the edges: from now on the input's
+            # full identity is checked, as for a checkpoint made by this version.
+            _write_all(fd, orjson.dumps({"t": "identity", "input": fp["input"]}) + b"\n")
+            os.fsync(fd)
+            state.fingerprint = {**state.fingerprint, "input": fp["input"]}
         return state
 
     async def write(self, record: dict[str, Any], *, durable: bool = True) -> None:

@@ -106,7 +106,11 @@ def _open_checkpoint(config: RunConfig) -> tuple[CheckpointJournal, JournalState
         raise ConfigError(f"{config.input}: {what}")
     fp = fingerprint(config.input, config.dataset_id, config.dataset_version_id)
     return CheckpointJournal.open(
-        config.checkpoint_path, fp, rejects_path=config.rejects_path, restart=config.restart
+        config.checkpoint_path,
+        fp,
+        rejects_path=config.rejects_path,
+        restart=config.restart,
+        input_path=config.input,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -189,10 +190,13 @@ async def test_rejects_go_to_the_rejects_file_once(tmp_path: Path) -> None:
 
 
 def test_fingerprint_follows_content_not_path(tmp_path: Path) -> None:
-    """The same bytes under another name match; changed bytes do not."""
+    """The same bytes and mtime under another name match (as after `mv`); changed bytes do not."""
     (tmp_path / "a").write_bytes(b'{"a":1}\n' * 1000)
     (tmp_path / "b").write_bytes(b'{"a":1}\n' * 1000)
     (tmp_path / "c").write_bytes(b'{"a":2}\n' * 1000)
+    mtime = (tmp_path / "a").stat().st_mtime_ns
+    for name in "bc":
+        os.utime(tmp_path / name, ns=(mtime, mtime))
     fa, fb, fc = (fingerprint(str(tmp_path / n), "ds", None) for n in "abc")
     assert fa == fb
     assert fa != fc

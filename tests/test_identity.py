@@ -1,0 +1,110 @@
+"""Which input a checkpoint belongs to: same-size edits, old and new journal versions."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+import ingest
+from ingest.checkpoint import CheckpointJournal, read_journal
+from ingest.errors import CheckpointError
+from ingest.identity import fingerprint, sample_offsets
+
+
+def write_big(path: Path, rows: int = 35_000) -> None:
+    """About 3.5 MB of rows of one fixed width, so an edit can keep the size."""
+    path.write_bytes(
+        b"".join(b'{"i": "%08d", "pad": "%s"}\n' % (i, b"x" * 71) for i in range(rows))
+    )
+
+
+def edit_at(path: Path, offset: int, keep_mtime: bool) -> None:
+    """Overwrite one digit at ``offset`` in place (same size); optionally put the mtime back."""
+    before = path.stat()
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        old = f.read(1)
+        f.seek(offset)
+        f.write(b"7" if old != b"7" else b"8")
+    if keep_mtime:
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+def upload_settings(fake: Any, tmp_path: Path) -> dict[str, Any]:
+    return dict(
+        input=str(tmp_path / "rows.jsonl"),
+        dataset_id=fake.dataset_id,
+        base_url=fake.url,
+        batch_rows=1000,
+        rate=0,
+    )
+
+
+async def test_a_same_size_edit_in_the_middle_is_refused(fake: Any, tmp_path: Path) -> None:
+    """Rows edited in place mid-file, size unchanged, are refused with what to do next."""
+    path = tmp_path / "rows.jsonl"
+    write_big(path)
+    first = await ingest.upload(api_key=fake.api_key, **upload_settings(fake, tmp_path))
+    assert first.exit_code == 0
+    middle = path.stat().st_size // 2
+    edit_at(path, middle - middle % 100 + 10, keep_mtime=False)  # a digit of a row's "i"
+    with pytest.raises(CheckpointError) as refused:
+        await ingest.upload(api_key=fake.api_key, **upload_settings(fake, tmp_path))
+    message = str(refused.value)
+    assert "modification time" in message and "touch -d @" in message
+    assert "--restart" in message
+    assert fake.state.example_count(fake.dataset_id) == 35_000  # nothing was sent again
+
+
+def test_an_edit_in_a_sampled_block_is_seen_even_with_the_mtime_put_back(tmp_path: Path) -> None:
+    """A change inside a sampled middle block is refused though size and mtime are the same."""
+    path = tmp_path / "rows.jsonl"
+    write_big(path)
+    before = fingerprint(str(path), "ds", None)
+    offsets = sample_offsets(path.stat().st_size)
+    assert len(offsets) == 64 and offsets[0] == 1 << 20
+    edit_at(path, offsets[31] + 100, keep_mtime=True)
+    ckpt = tmp_path / "ck"
+    journal, _ = CheckpointJournal.open(str(ckpt), before, rejects_path=str(tmp_path / "r"))
+    journal.release()
+    with pytest.raises(CheckpointError, match="sampled middle blocks changed"):
+        CheckpointJournal.open(
+            str(ckpt), fingerprint(str(path), "ds", None), rejects_path=str(tmp_path / "r")
+        )
+
+
+def test_a_version_1_checkpoint_resumes_and_is_checked_in_full_from_then_on(
+    tmp_path: Path,
+) -> None:
+    """A v1 header (size and edges only) still resumes; later changes of mtime are caught."""
+    path = tmp_path / "rows.jsonl"
+    write_big(path, rows=100)
+    now = fingerprint(str(path), "ds", None)
+    v1_input = {k: now["input"][k] for k in ("size", "head_sha256", "tail_sha256")}
+    ckpt = tmp_path / "ck"
+    header = {"t": "header", "v": 1, "fingerprint": {**now, "input": v1_input}}
+    done = {"t": "done", "seq": 0, "part": "", "lines": [1, 50], "bytes": [0, 5000], "rows": 50}
+    ckpt.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in (header, {"t": "start"}, done)))
+    journal, state = CheckpointJournal.open(str(ckpt), now, rejects_path=str(tmp_path / "r"))
+    journal.release()
+    assert state.delivered_rows == 50
+    assert read_journal(str(ckpt)).fingerprint == now
+    mtime = path.stat().st_mtime_ns
+    os.utime(path, ns=(mtime, mtime + 10**9))
+    with pytest.raises(CheckpointError, match="modification time"):
+        CheckpointJournal.open(
+            str(ckpt), fingerprint(str(path), "ds", None), rejects_path=str(tmp_path / "r")
+        )
+
+
+def test_a_checkpoint_of_a_newer_ingest_says_so(tmp_path: Path) -> None:
+    """A header with a journal version above ours asks to upgrade, not 'not a checkpoint'."""
+    ckpt = tmp_path / "ck"
+    ckpt.write_bytes(orjson.dumps({"t": "header", "v": 99, "fingerprint": {}}) + b"\n")
+    message = "written by a newer ingest \\(journal version 99\\); upgrade ingest"
+    with pytest.raises(CheckpointError, match=message):
+        read_journal(str(ckpt))
