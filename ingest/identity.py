@@ -18,11 +18,14 @@ import hashlib
 import os
 from typing import Any
 
+import orjson
+
 _EDGE = 1 << 20
 _BLOCK = 4096
 _SAMPLES = 64
 # Journal version 1 recorded only these; version 2 added mtime_ns and sample_sha256.
 _V1_KEYS = ("size", "head_sha256", "tail_sha256")
+_HEADER_MAX = 64 << 10  # a header is a few hundred bytes; never read a whole journal
 
 
 def fingerprint(input_path: str, dataset_id: str, dataset_version_id: str | None) -> dict[str, Any]:
@@ -116,3 +119,35 @@ def _input_change(was: dict[str, Any], now: dict[str, Any], input_path: str) -> 
             f"only copied it, restore its time (touch -d @{stamp} {input_path}) and re-run"
         )
     return "another input (its identity differs)"
+
+
+def matching_checkpoints(folder: str, suffix: str, fp: dict[str, Any]) -> list[str]:
+    """Checkpoints in ``folder`` named ``*suffix`` whose header is for ``fp``'s input and dataset.
+
+    Reads only each candidate's first line. A version-1 header is compared on
+    what it recorded; the full check happens when the one found is opened.
+    """
+    found = []
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.name.endswith(suffix):
+            continue
+        header = _read_header(entry.path)
+        if header is None or not isinstance(header.get("fingerprint"), dict):
+            continue
+        if mismatch(header["fingerprint"], fp) is None:
+            found.append(entry.path)
+    return found
+
+
+def _read_header(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(_HEADER_MAX)
+        header = orjson.loads(first)
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return header if isinstance(header, dict) and header.get("t") == "header" else None

@@ -35,13 +35,14 @@ from ingest.checkpoint import CheckpointJournal, JournalState
 from ingest.client import DatasetsClient, Reply
 from ingest.config import API_KEY_ENV, RunConfig
 from ingest.errors import (
+    CheckpointError,
     ConfigError,
     DatasetNotFoundError,
     DeliveryError,
     IngestError,
     SourceError,
 )
-from ingest.identity import fingerprint
+from ingest.identity import fingerprint, matching_checkpoints
 from ingest.report import Progress, RunStats, Summary, summarize
 from ingest.retry import Action, RetryPolicy, classify
 from ingest.sender import Sender
@@ -86,8 +87,8 @@ async def upload(
         raise ConfigError(f"set {API_KEY_ENV} to your Arize API key")
     if not key.isascii() or not key.isprintable():
         raise ConfigError(f"{API_KEY_ENV} holds a control or non-ASCII character; check its value")
-    journal, state = await anyio.to_thread.run_sync(_open_checkpoint, config)
-    run = _Run(config, key, journal, state, stop or anyio.Event(), progress)
+    opened, journal, state = await anyio.to_thread.run_sync(_open_checkpoint, config)
+    run = _Run(opened, key, journal, state, stop or anyio.Event(), progress)
     try:
         return await run.execute()
     finally:
@@ -95,23 +96,50 @@ async def upload(
             # A run refused before reading anything leaves no checkpoint behind
             # (unlinked while the lock is held, so no other run can have taken it).
             with contextlib.suppress(OSError):
-                os.unlink(config.checkpoint_path)
+                os.unlink(opened.checkpoint_path)
         journal.release()
 
 
-def _open_checkpoint(config: RunConfig) -> tuple[CheckpointJournal, JournalState]:
-    """Fingerprint the input and take its checkpoint (blocking: run in a thread)."""
+def _open_checkpoint(config: RunConfig) -> tuple[RunConfig, CheckpointJournal, JournalState]:
+    """Fingerprint the input and take its checkpoint (blocking: run in a thread).
+
+    The config comes back with the checkpoint found, if it is not the default one.
+    """
     if config.input != "-" and not os.path.isfile(config.input):
         what = "is not a file" if os.path.exists(config.input) else "input file not found"
         raise ConfigError(f"{config.input}: {what}")
     fp = fingerprint(config.input, config.dataset_id, config.dataset_version_id)
-    return CheckpointJournal.open(
+    config = _renamed_input_checkpoint(config, fp)
+    return config, *CheckpointJournal.open(
         config.checkpoint_path,
         fp,
         rejects_path=config.rejects_path,
         restart=config.restart,
         input_path=config.input,
     )
+
+
+def _renamed_input_checkpoint(config: RunConfig, fp: dict[str, Any]) -> RunConfig:
+    """The config with the checkpoint of this input under an earlier name, if there is one.
+
+    Only when the default checkpoint does not exist: the input's folder is searched
+    for default checkpoints of this dataset whose header holds this input's identity.
+    """
+    if config.checkpoint or config.input == "-" or os.path.exists(config.checkpoint_path):
+        return config
+    folder = os.path.dirname(config.input) or "."
+    found = matching_checkpoints(folder, config.checkpoint_suffix, fp)
+    if not found:
+        return config
+    if len(found) > 1:
+        raise CheckpointError(
+            f"several checkpoints in {folder} are for this input's content: "
+            f"{', '.join(found)}; pass --checkpoint with the one to resume"
+        )
+    earlier = os.path.basename(found[0]).removesuffix(config.checkpoint_suffix)
+    log.info("resuming from %s: %s is %s renamed (same content)", found[0], config.input, earlier)
+    # The rejects file belongs with the checkpoint: it moves along unless given.
+    return config.replace(checkpoint=found[0])
 
 
 class _Run:

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import anyio
 import orjson
 import pytest
 
@@ -108,3 +109,64 @@ def test_a_checkpoint_of_a_newer_ingest_says_so(tmp_path: Path) -> None:
     message = "written by a newer ingest \\(journal version 99\\); upgrade ingest"
     with pytest.raises(CheckpointError, match=message):
         read_journal(str(ckpt))
+
+
+async def interrupted_run(fake: Any, input_path: Path, rows_before_stop: int) -> Any:
+    """Upload ``input_path`` with the default checkpoint; stop once some rows are stored."""
+    fake.state.faults.latency = 0.02
+    stop = anyio.Event()
+
+    async def stop_soon() -> None:
+        while fake.state.example_count(fake.dataset_id) < rows_before_stop:  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+        stop.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stop_soon)
+        summary = await ingest.upload(
+            api_key=fake.api_key,
+            stop=stop,
+            input=str(input_path),
+            dataset_id=fake.dataset_id,
+            base_url=fake.url,
+            batch_rows=100,
+            concurrency=2,
+            rate=0,
+        )
+    fake.state.faults.latency = 0.0
+    return summary
+
+
+def move_into(folder: Path, path: Path) -> Path:
+    return path.rename(folder / path.name)
+
+
+def rows_with_a_bad_line(path: Path, n: int) -> None:
+    path.write_bytes(b'{"i": -1}\nnot json\n' + b"".join(b'{"i": %d}\n' % i for i in range(n)))
+
+
+@pytest.mark.parametrize("other_folder", [False, True])
+async def test_a_renamed_input_resumes_its_checkpoint(
+    fake: Any, tmp_path: Path, other_folder: bool
+) -> None:
+    """After `mv a b` (and its checkpoint moved along, to another folder), b resumes a's run."""
+    a = tmp_path / "a.jsonl"
+    rows_with_a_bad_line(a, 5000)
+    first = await interrupted_run(fake, a, rows_before_stop=500)
+    assert first.status == "interrupted" and first.checkpoint.startswith(str(a) + ".ingest-")
+    folder = tmp_path / "moved" if other_folder else tmp_path
+    folder.mkdir(exist_ok=True)
+    b = folder / "b.jsonl"
+    a.rename(b)
+    checkpoint, rejects = Path(first.checkpoint), Path(first.rejects)
+    if other_folder:  # as the README says: move the checkpoint and rejects file along
+        checkpoint, rejects = move_into(folder, checkpoint), move_into(folder, rejects)
+    second = await ingest.upload(
+        api_key=fake.api_key, input=str(b), dataset_id=fake.dataset_id, base_url=fake.url, rate=0
+    )
+    assert (second.checkpoint, second.rejects) == (str(checkpoint), str(rejects))
+    assert second.rows_skipped == first.rows_delivered + 1  # + the bad line
+    stored = [ex["i"] for ex in fake.state.examples(fake.dataset_id)]
+    assert sorted(stored) == list(range(-1, 5000))  # every row once
+    assert [orjson.loads(line)["line"] for line in rejects.read_bytes().splitlines()] == [2]
+    assert not list(folder.glob("b.jsonl.ingest-*"))  # no second checkpoint was started
