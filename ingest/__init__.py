@@ -15,6 +15,7 @@ from ingest.errors import (
     DatasetNotFoundError,
     DeliveryError,
     IngestError,
+    RejectsFileError,
     RetriesExhaustedError,
     SourceError,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "DatasetNotFoundError",
     "DeliveryError",
     "IngestError",
+    "RejectsFileError",
     "RetriesExhaustedError",
     "RunConfig",
     "SourceError",

@@ -39,14 +39,15 @@ from typing import Any
 import anyio
 import orjson
 
-from ingest.errors import CheckpointError
+from ingest.errors import CheckpointError, RejectsFileError
 from ingest.identity import fingerprint as fingerprint
 from ingest.identity import is_v1_identity, mismatch
+from ingest.rejects import RejectsFile
 from ingest.source import Reject
 
 JOURNAL_VERSION = 2  # 2: the input's mtime and sampled blocks join its identity
 _READABLE_VERSIONS = (1, 2)
-_TAIL = 16 << 20  # of a rejects file: more than one group commit ever writes
+_Pending = tuple[str | None, tuple[int, int] | None, bytes]  # kind, lines, the record
 
 
 class LineRanges:
@@ -221,14 +222,20 @@ class CheckpointJournal:
         self.path = path
         self.rejects_path = rejects_path
         self._fd = fd
-        self._rejects_fd: int | None = None
-        self._buf: list[bytes] = []
+        self._rejects_file = RejectsFile(rejects_path)
+        self._buf: list[_Pending] = []
         self._rejects: list[bytes] = []
         self._committed = anyio.Event()
         self._has_work = anyio.Event()
         self._closing = False
         self._error: CheckpointError | None = None
-        self._already_rejected: set[int] = set()
+        self._already_rejected: set[bytes] = set()
+        # Once the rejects file fails, rejected lines are left out of the journal
+        # (a resume reads and rejects them again), and so is the *done* record that
+        # settles their batch, and *finished*; every other record is still committed.
+        self.rejects_error: RejectsFileError | None = None
+        self.on_rejects_error: Callable[[RejectsFileError], None] | None = None
+        self._dropped_lines: set[int] = set()
 
     @classmethod
     def open(
@@ -244,6 +251,7 @@ class CheckpointJournal:
 
         ``input_path`` only names the input in messages.
         """
+        RejectsFile(rejects_path).check()  # before the checkpoint exists, let alone a request
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
@@ -267,13 +275,10 @@ class CheckpointJournal:
         journal = cls(path, fd, rejects_path)
         if state.attempts:
             try:
-                journal._already_rejected = _recent_rejects(rejects_path)
-            except OSError as exc:
+                journal._already_rejected = journal._rejects_file.recent()
+            except RejectsFileError:
                 journal.release()
-                raise CheckpointError(
-                    f"{rejects_path}: cannot open the rejects file: {exc.strerror}; "
-                    "pass --rejects PATH somewhere writable"
-                ) from exc
+                raise
         return journal, state
 
     @staticmethod
@@ -324,7 +329,9 @@ class CheckpointJournal:
 
     async def write(self, record: dict[str, Any], *, durable: bool = True) -> None:
         """Append ``record``; if ``durable``, return once it (and all before it) is fsynced."""
-        await self._append(orjson.dumps(record) + b"\n", None, durable)
+        lines = record.get("lines")
+        pending = (record.get("t"), tuple(lines) if lines else None, orjson.dumps(record) + b"\n")
+        await self._append(pending, None, durable)
 
     async def reject(self, item: Reject, *, durable: bool = False) -> None:
         """Record a rejected line: first in the rejects file, then in the journal."""
@@ -335,13 +342,15 @@ class CheckpointJournal:
             "reason": item.reason,
         }
         # After a crash between the rejects file and the journal, the line is there already.
-        rejects_line = b"" if item.line in self._already_rejected else item.to_json()
-        await self._append(orjson.dumps(record) + b"\n", rejects_line, durable)
+        entry = item.to_json()
+        rejects_line = b"" if entry in self._already_rejected else entry
+        pending = ("rejected", (item.line, item.line), orjson.dumps(record) + b"\n")
+        await self._append(pending, rejects_line, durable)
 
-    async def _append(self, line: bytes, rejects_line: bytes | None, durable: bool) -> None:
+    async def _append(self, pending: _Pending, rejects_line: bytes | None, durable: bool) -> None:
         if self._error is not None:
             raise self._error
-        self._buf.append(line)
+        self._buf.append(pending)
         if rejects_line is not None:
             self._rejects.append(rejects_line)
         committed = self._committed
@@ -373,9 +382,13 @@ class CheckpointJournal:
     async def _commit_buffered(self) -> None:
         buf, rejects, committed = self._buf, self._rejects, self._committed
         self._buf, self._rejects, self._committed = [], [], anyio.Event()
+        failed_before = self.rejects_error
         try:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._commit, b"".join(rejects), b"".join(buf))
+                await anyio.to_thread.run_sync(self._commit, b"".join(rejects), buf)
+            failed = self.rejects_error
+            if failed is not None and failed is not failed_before and self.on_rejects_error:
+                self.on_rejects_error(failed)  # before the waiters wake: a run ends failed
         except OSError as exc:
             self._error = CheckpointError(
                 f"{self.path}: cannot write checkpoint: {exc}; free the disk or fix "
@@ -385,17 +398,36 @@ class CheckpointJournal:
         finally:
             committed.set()
 
-    def _commit(self, rejects: bytes, records: bytes) -> None:
+    def _commit(self, rejects: bytes, buf: list[_Pending]) -> None:
         # Rejects first: a line in the journal as rejected is always in the rejects file.
-        if rejects:
-            if self._rejects_fd is None:
-                self._rejects_fd = os.open(
-                    self.rejects_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644
-                )
-            _write_all(self._rejects_fd, rejects)
-            os.fsync(self._rejects_fd)
-        _write_all(self._fd, records)
+        if rejects and self.rejects_error is None:
+            try:
+                self._rejects_file.append(rejects)
+            except OSError as exc:
+                self.rejects_error = self._rejects_file.write_error(exc)
+        if self.rejects_error is not None:
+            buf = self._without_rejects(buf)
+        _write_all(self._fd, b"".join(data for _, _, data in buf))
         os.fsync(self._fd)
+
+    def _without_rejects(self, buf: list[_Pending]) -> list[_Pending]:
+        """The records that stay true with no rejects file: all but rejects and what they settle."""
+        kept = []
+        for pending in buf:
+            kind, lines, _ = pending
+            if kind == "rejected" and lines is not None:
+                self._dropped_lines.add(lines[0])
+            elif kind == "finished":
+                pass
+            elif kind == "done" and lines is not None and self._settles_dropped(lines):
+                pass  # the one-row batch of a refused line: the resume sends it again
+            else:
+                kept.append(pending)
+        return kept
+
+    def _settles_dropped(self, lines: tuple[int, int]) -> bool:
+        first, last = lines
+        return any(first <= line <= last for line in self._dropped_lines)
 
     def close(self) -> None:
         """Ask the writer task to commit what is left and end."""
@@ -404,35 +436,8 @@ class CheckpointJournal:
 
     def release(self) -> None:
         """Close the files and drop the lock; call after the writer task ended."""
-        for fd in (self._rejects_fd, self._fd):
-            if fd is not None:
-                os.close(fd)
-        self._rejects_fd = None
-
-
-def _recent_rejects(path: str) -> set[int]:
-    """Line numbers at the end of a rejects file; drops a torn last line."""
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return set()
-    try:
-        size = os.fstat(fd).st_size
-        start = max(size - _TAIL, 0)
-        data = os.pread(fd, size - start, start)
-        good = data.rfind(b"\n") + 1
-        if start + good < size:
-            os.ftruncate(fd, start + good)
-        lines = data[:good].splitlines()[1 if start else 0 :]
-    finally:
-        os.close(fd)
-    seen = set()
-    for line in lines:
-        try:
-            seen.add(int(orjson.loads(line)["line"]))
-        except (ValueError, KeyError, TypeError):
-            continue
-    return seen
+        self._rejects_file.close()
+        os.close(self._fd)
 
 
 def _has_header(data: bytes) -> bool:

@@ -157,6 +157,9 @@ class _Run:
         self.config = config
         self.api_key = api_key
         self.journal = journal
+        # A rejects file that cannot be written ends the run as a failure, after the
+        # requests in flight; the journal keeps their done records.
+        journal.on_rejects_error = self._fail
         self.state = state
         self.requested_stop = stop  # the caller's; ours below is also set by a failure
         self.stop = anyio.Event()

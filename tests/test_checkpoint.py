@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import ingest
 from ingest.checkpoint import CheckpointJournal, LineRanges, fingerprint, read_journal
 from ingest.errors import CheckpointError
 from ingest.source import Reject
@@ -217,3 +219,80 @@ def test_line_ranges_agree_with_a_plain_set(spans: list[tuple[int, int]]) -> Non
     covered = ranges.skipper()
     assert {n for n in range(1, 80) if covered(n)} == lines
     assert {n for a, b in ranges.merged() for n in range(a, b + 1)} == lines
+
+
+def poisoned_rows(path: Path, n: int, poison: int) -> None:
+    path.write_bytes(
+        b"".join(
+            (b'{"i": %d, "poison": true}\n' if i == poison else b'{"i": %d}\n') % i
+            for i in range(n)
+        )
+    )
+
+
+async def test_a_rejects_file_that_fails_mid_run_costs_no_done_record(
+    fake: Any, tmp_path: Path
+) -> None:
+    """Its folder gone mid-run: every 201 stays journaled, the error names the rejects file."""
+    poisoned_rows(tmp_path / "rows.jsonl", 3000, poison=2500)
+    folder = tmp_path / "rejects"
+    folder.mkdir()
+    rejects = folder / "rejects.jsonl"
+    fake.state.faults.refuse_field = "poison"
+    fake.state.faults.latency = 0.005
+    config = ingest.RunConfig(
+        input=str(tmp_path / "rows.jsonl"),
+        dataset_id=fake.dataset_id,
+        base_url=fake.url,
+        checkpoint=str(tmp_path / "run.ckpt"),
+        rejects=str(rejects),
+        batch_rows=100,
+        concurrency=2,
+        rate=0,
+    )
+
+    async def remove_folder_once_rows_land() -> None:
+        while fake.state.example_count(fake.dataset_id) < 100:  # noqa: ASYNC110
+            await anyio.sleep(0.005)
+        shutil.rmtree(folder)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(remove_folder_once_rows_land)
+        with pytest.raises(ingest.RejectsFileError) as failed:
+            await ingest.upload(config, api_key=fake.api_key)
+        tg.cancel_scope.cancel()
+    message = str(failed.value)
+    assert f"{rejects}: cannot write the rejects file: No such file or directory" in message
+    assert "checkpoint" not in message.split(";")[0]
+    assert failed.value.exit_code != 0 and failed.value.summary.status == "failed"
+    state = read_journal(config.checkpoint_path)
+    stored = fake.state.example_count(fake.dataset_id)
+    assert state.finished is None and state.rejected_rows == 0
+    assert state.delivered_rows == stored > 2400  # every row the server took is journaled done
+
+    folder.mkdir()
+    fake.state.faults.latency = 0.0
+    resumed = await ingest.upload(config, api_key=fake.api_key)
+    assert (resumed.exit_code, resumed.rows_delivered) == (6, 2999 - stored)
+    ids = [ex["i"] for ex in fake.state.examples(fake.dataset_id)]
+    assert sorted(ids) == [i for i in range(3000) if i != 2500]  # no row sent twice
+    assert [orjson.loads(line)["line"] for line in rejects.read_bytes().splitlines()] == [2501]
+
+
+@pytest.mark.parametrize("where", ["missing/rejects.jsonl", "a-file/rejects.jsonl"])
+async def test_an_unwritable_rejects_path_fails_before_the_first_request(
+    fake: Any, tmp_path: Path, where: str
+) -> None:
+    """A rejects path in a missing folder, or under a file, is refused before any request."""
+    (tmp_path / "rows.jsonl").write_bytes(b'{"i": 1}\n')
+    (tmp_path / "a-file").write_bytes(b"")
+    with pytest.raises(ingest.RejectsFileError, match="cannot open the rejects file: "):
+        await ingest.upload(
+            api_key=fake.api_key,
+            input=str(tmp_path / "rows.jsonl"),
+            dataset_id=fake.dataset_id,
+            base_url=fake.url,
+            rejects=str(tmp_path / where),
+        )
+    assert len(fake.state.requests) == 0
+    assert not [n for n in os.listdir(tmp_path) if ".ingest-" in n]  # no checkpoint left
