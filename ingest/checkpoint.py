@@ -29,6 +29,7 @@ by path, and the dataset and version it goes to.
 from __future__ import annotations
 
 import fcntl
+import logging
 import math
 import os
 from bisect import bisect_right
@@ -42,8 +43,10 @@ import orjson
 from ingest.errors import CheckpointError, RejectsFileError
 from ingest.identity import fingerprint as fingerprint
 from ingest.identity import is_v1_identity, mismatch
-from ingest.rejects import RejectsFile
+from ingest.rejects import RejectsFile, backup_path, set_aside
 from ingest.source import Reject
+
+log = logging.getLogger("ingest")
 
 JOURNAL_VERSION = 2  # 2: the input's mtime and sampled blocks join its identity
 _READABLE_VERSIONS = (1, 2)
@@ -171,7 +174,7 @@ def parse_journal(data: bytes, path: str) -> tuple[JournalState, int]:
                 ) from exc
             raise CheckpointError(
                 f"{path}:{number}: checkpoint is corrupt ({exc}); start over with "
-                "`ingest run ... --restart` (the old file is kept as .bak) or use another "
+                "`ingest run ... --restart` (the old file is kept as a .bak) or use another "
                 "--checkpoint"
             ) from exc
     # In flight: sent (maybe committed) and not yet settled. A batch halved after a
@@ -299,21 +302,25 @@ class CheckpointJournal:
         if reason is not None and not restart:
             raise CheckpointError(
                 f"{path}: this checkpoint is for {reason}. Pass --restart to start over "
-                "(the old file is kept as .bak), or --checkpoint PATH for a separate run"
+                "(the old file is kept as a .bak), or --checkpoint PATH for a separate run"
             )
         if reason is not None or state.fingerprint is None:
             if data:
-                with open(path + ".bak", "wb") as bak:
+                # Never over an older backup: each restart keeps what it discards.
+                backup = backup_path(path)
+                with open(backup, "xb") as bak:
                     bak.write(data)
+                log.info("the old checkpoint is kept as %s", backup)
             good, state = 0, JournalState(fingerprint=fp)
             header = {"t": "header", "v": JOURNAL_VERSION, "fingerprint": fp}
             os.ftruncate(fd, 0)
             os.pwrite(fd, orjson.dumps(header) + b"\n", 0)
             os.fsync(fd)
             _fsync_dir(path)
-            # Rejects left by another run would pass for this one's: set them aside.
-            if os.path.exists(rejects_path):
-                os.replace(rejects_path, rejects_path + ".bak")
+            # Rejects left by another run would pass for this one's: set them aside,
+            # under a new name, so no run's rejects are ever lost (a shared --rejects).
+            if (set_apart := set_aside(rejects_path)) is not None:
+                log.info("rejects of an earlier run are kept as %s", set_apart)
         elif good < size:
             os.ftruncate(fd, good)
             os.fsync(fd)

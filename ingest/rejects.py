@@ -95,3 +95,28 @@ class RejectsFile:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def backup_path(path: str) -> str:
+    """``path.bak``, else ``path.1.bak``, ``path.2.bak``...: the first name not taken."""
+    candidate, n = f"{path}.bak", 0
+    while os.path.lexists(candidate):
+        n += 1
+        candidate = f"{path}.{n}.bak"
+    return candidate
+
+
+def set_aside(path: str) -> str | None:
+    """Rename the file at ``path`` to a backup that overwrites nothing; return its name."""
+    while os.path.exists(path):
+        backup = backup_path(path)
+        try:
+            os.link(path, backup)  # unlike a rename, fails rather than overwrite
+        except FileExistsError:
+            continue  # taken meanwhile: the next name
+        except OSError:
+            os.rename(path, backup)  # a filesystem without hard links
+            return backup
+        os.unlink(path)
+        return backup
+    return None

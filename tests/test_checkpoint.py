@@ -296,3 +296,42 @@ async def test_an_unwritable_rejects_path_fails_before_the_first_request(
         )
     assert len(fake.state.requests) == 0
     assert not [n for n in os.listdir(tmp_path) if ".ingest-" in n]  # no checkpoint left
+
+
+async def test_a_shared_rejects_file_keeps_every_runs_rejects(fake: Any, tmp_path: Path) -> None:
+    """Three inputs with one rejects setting: each day's rejected line survives the next days."""
+    rejects = tmp_path / "rejects.jsonl"
+    for day in (1, 2, 3):
+        day_input = tmp_path / f"day{day}.jsonl"
+        day_input.write_bytes(b'{"i": 1}\nbad line of day %d\n' % day)
+        summary = await ingest.upload(
+            api_key=fake.api_key,
+            input=str(day_input),
+            dataset_id=fake.dataset_id,
+            base_url=fake.url,
+            rejects=str(rejects),
+        )
+        assert summary.exit_code == 6
+    kept = {
+        name: orjson.loads(rejects.with_name(name).read_bytes())["raw"]
+        for name in ("rejects.jsonl", "rejects.jsonl.bak", "rejects.jsonl.1.bak")
+    }
+    assert kept == {
+        "rejects.jsonl": "bad line of day 3",
+        "rejects.jsonl.bak": "bad line of day 1",
+        "rejects.jsonl.1.bak": "bad line of day 2",
+    }
+
+
+async def test_each_restart_keeps_the_checkpoint_it_discards(tmp_path: Path) -> None:
+    """Two restarts leave two backups: the second does not overwrite the first."""
+    path = tmp_path / "ck"
+    await write_records(path, [{"t": "start"}, done(0, 1, 10)])
+    first = path.read_bytes()
+    for dataset in ("two", "three"):
+        journal, _ = CheckpointJournal.open(
+            str(path), {**FP, "dataset_id": dataset}, rejects_path=str(tmp_path / "r"), restart=True
+        )
+        journal.release()
+    assert (tmp_path / "ck.bak").read_bytes() == first
+    assert read_journal(str(tmp_path / "ck.1.bak")).fingerprint == {**FP, "dataset_id": "two"}
