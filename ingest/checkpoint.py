@@ -45,7 +45,7 @@ from ingest.rejects import RejectsFile, backup_path, set_aside
 from ingest.replay import JOURNAL_VERSION as JOURNAL_VERSION
 from ingest.replay import JournalState as JournalState
 from ingest.replay import LineRanges as LineRanges
-from ingest.replay import parse_journal
+from ingest.replay import ResendTally, parse_journal
 from ingest.replay import read_journal as read_journal
 from ingest.source import Reject
 
@@ -83,6 +83,12 @@ class CheckpointJournal:
         self.rejects_error: RejectsFileError | None = None
         self.on_rejects_error: Callable[[RejectsFileError], None] | None = None
         self._dropped_lines: set[int] = set()
+        self._resends = ResendTally()
+
+    @property
+    def unknown_resent(self) -> int:
+        """Unknown outcomes of this run whose rows it sent again (see ``RunResends``)."""
+        return self._resends.count
 
     @classmethod
     def open(
@@ -180,6 +186,8 @@ class CheckpointJournal:
 
     async def write(self, record: dict[str, Any], *, durable: bool = True) -> None:
         """Append ``record``; if ``durable``, return once it (and all before it) is fsynced."""
+        if "seq" in record:
+            self._resends.note(record.get("t"), record["seq"], record["part"])
         lines = record.get("lines")
         pending = (record.get("t"), tuple(lines) if lines else None, orjson.dumps(record) + b"\n")
         await self._append(pending, None, durable)

@@ -171,6 +171,8 @@ class _Run:
         self.complete = False
 
     def summary(self, status: str, exit_code: int, message: str = "") -> Summary:
+        # Counted by the journal, by the rule `ingest status` applies to it (RunResends).
+        self.stats.unknown_resent = self.journal.unknown_resent
         totals = (
             self.state.delivered_rows + self.stats.rows_delivered,
             self.state.rejected_rows + self.stats.rows_rejected,

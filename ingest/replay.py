@@ -12,7 +12,7 @@ import math
 from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -20,6 +20,7 @@ from ingest.errors import CheckpointError
 
 JOURNAL_VERSION = 2  # 2: the input's mtime and sampled blocks join its identity
 _READABLE_VERSIONS = (1, 2)
+T = TypeVar("T")
 
 
 class LineRanges:
@@ -89,11 +90,32 @@ class JournalState:
     delivered_rows: int = 0
     rejected_rows: int = 0
     done_batches: int = 0
-    unknown_outcomes: int = 0
+    unknown_outcomes: int = 0  # requests whose outcome was unknown (``unknown`` records)
     next_seq: int = 0
     attempts: int = 0
     in_flight: list[dict[str, Any]] = field(default_factory=list)
     finished: dict[str, Any] | None = None
+    # Per run, in order: unknown outcomes it resent, and batches it resent as in flight.
+    runs: list[RunResends] = field(default_factory=list)
+    unknown_lines: list[tuple[int, int]] = field(default_factory=list)
+    resent_lines: list[tuple[int, int]] = field(default_factory=list)
+    _resends: ResendTally = field(default_factory=lambda: ResendTally())
+
+    @property
+    def unknown_resent(self) -> int:
+        """Unknown outcomes whose rows the run that met them sent again, in all runs."""
+        return sum(r.unknown_resent for r in self.runs)
+
+    @property
+    def in_flight_resent(self) -> int:
+        """Batches left in flight by a run that a later run sent again, in all runs."""
+        return sum(r.in_flight_resent for r in self.runs)
+
+    def maybe_duplicated(self) -> list[tuple[int, int]]:
+        """Lines that may be stored twice: of batches with an unknown outcome or left in flight."""
+        spans = self.unknown_lines + self.resent_lines
+        spans += [(r["lines"][0], r["lines"][1]) for r in self.in_flight]
+        return merge_spans(spans)
 
     def apply(self, rec: dict[str, Any], sending: dict[tuple[int, str], dict[str, Any]]) -> None:
         """Fold one journal record into the state."""
@@ -104,6 +126,10 @@ class JournalState:
             self.fingerprint = {**self.fingerprint, "input": rec["input"]}
         elif kind == "start":
             self.attempts += 1
+            resent = outermost(rec.get("resent_in_flight") or [], lambda r: (r[2], r[3]))
+            self.resent_lines += [(r[2], r[3]) for r in resent]
+            self.runs.append(RunResends(in_flight_resent=len(resent)))
+            self._resends = ResendTally()
         elif kind == "rejected":
             line = rec["line"]
             start, end = rec["bytes"]
@@ -114,7 +140,14 @@ class JournalState:
             self.next_seq = max(self.next_seq, rec["seq"] + 1)
         elif kind == "unknown":
             self.unknown_outcomes += 1
+            batch = sending.get((rec["seq"], rec["part"]))
+            if batch is not None:
+                self.unknown_lines.append((batch["lines"][0], batch["lines"][1]))
+            self._count_resend(kind, rec)
+        elif kind == "split":
+            self._count_resend(kind, rec)
         elif kind == "done":
+            self._count_resend(kind, rec)
             sending.pop((rec["seq"], rec["part"]), None)
             (first, last), (start, end) = rec["lines"], rec["bytes"]
             self.covered.add(first, last, start, end)
@@ -122,6 +155,73 @@ class JournalState:
             self.done_batches += 1
         elif kind == "finished":
             self.finished = rec
+
+    def _count_resend(self, kind: str, rec: dict[str, Any]) -> None:
+        if self._resends.note(kind, rec["seq"], rec["part"]):
+            if not self.runs:  # records before any start: only a hand-made journal
+                self.runs.append(RunResends())
+            self.runs[-1].unknown_resent += 1
+
+
+@dataclass(slots=True)
+class RunResends:
+    """What one run sent again: the meaning both the summary and ``ingest status`` use.
+
+    ``unknown_resent``: requests whose outcome was unknown (5xx, timeout, dropped
+    connection) and whose rows the same run then sent again (retried, or halved).
+    One not resent (a stop, a kill, retries run out) is left in flight instead.
+    ``in_flight_resent``: batches an earlier run left in flight (one counted once,
+    however many runs left it) that this run sends again.
+    """
+
+    unknown_resent: int = 0
+    in_flight_resent: int = 0
+
+
+class ResendTally:
+    """Counts unknown outcomes followed, in the same run, by another record of their batch.
+
+    The journal writer keeps one for the running run (the summary's count), and
+    replaying a journal keeps one per run (``ingest status``): one rule, both places.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._open: set[tuple[int, str]] = set()
+
+    def note(self, kind: Any, seq: int, part: str) -> bool:
+        """Fold in a record of batch ``(seq, part)``; True if it resends an unknown outcome."""
+        key = (seq, part)
+        resent = kind in ("unknown", "split", "done") and key in self._open
+        if kind == "unknown":
+            self._open.add(key)
+        elif kind in ("split", "done"):
+            self._open.discard(key)
+        self.count += resent
+        return resent
+
+
+def outermost(items: list[T], lines: Callable[[T], tuple[int, int]]) -> list[T]:
+    """``items`` less those whose lines lie within another's: a batch sent again is one."""
+    kept: list[T] = []
+    reach = 0
+    for item in sorted(items, key=lambda i: (lines(i)[0], -lines(i)[1])):
+        if kept and lines(item)[1] <= reach:
+            continue
+        kept.append(item)
+        reach = max(reach, lines(item)[1])
+    return kept
+
+
+def merge_spans(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Line spans sorted, with overlapping and adjacent ones joined."""
+    out: list[tuple[int, int]] = []
+    for first, last in sorted(spans):
+        if out and first <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], last))
+        else:
+            out.append((first, last))
+    return out
 
 
 def parse_journal(data: bytes, path: str) -> tuple[JournalState, int]:
@@ -148,9 +248,11 @@ def parse_journal(data: bytes, path: str) -> tuple[JournalState, int]:
             ) from exc
     # In flight: sent (maybe committed) and not yet settled. A batch halved after a
     # refusal, or re-sent by a later run, is settled once its lines are done or rejected.
+    # Resent by a later run and in flight again, the same lines are one batch, not two.
     settled = state.covered.covers
+    unsettled = [r for r in sending.values() if not settled(*r["lines"])]
     state.in_flight = sorted(
-        (r for r in sending.values() if not settled(*r["lines"])),
+        outermost(unsettled, lambda r: (r["lines"][0], r["lines"][1])),
         key=lambda r: (r["seq"], r["part"]),
     )
     return state, good
