@@ -234,6 +234,8 @@ def parse_journal(data: bytes, path: str) -> tuple[JournalState, int]:
             rec = orjson.loads(line)
             if number == 1:
                 _check_header(rec, path)
+            if (problem := _problem(rec)) is not None:
+                raise ValueError(problem)
             state.apply(rec, sending)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             if number == 1:
@@ -256,6 +258,64 @@ def parse_journal(data: bytes, path: str) -> tuple[JournalState, int]:
         key=lambda r: (r["seq"], r["part"]),
     )
     return state, good
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_span(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(_is_int(v) for v in value)
+
+
+_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "seq": _is_int,
+    "part": _is_str,
+    "line": _is_int,
+    "rows": _is_int,
+    "lines": _is_span,
+    "bytes": _is_span,
+    "fingerprint": lambda v: isinstance(v, dict) and isinstance(v.get("input"), dict),
+    "input": lambda v: isinstance(v, dict),
+}
+_FIELDS = {
+    "header": ("fingerprint",),
+    "identity": ("input",),
+    "rejected": ("line", "bytes"),
+    "sending": ("seq", "part", "lines", "bytes", "rows"),
+    "split": ("seq", "part"),
+    "unknown": ("seq", "part"),
+    "done": ("seq", "part", "lines", "bytes", "rows"),
+}
+
+
+def _problem(rec: Any) -> str | None:
+    """What is wrong with a record's shape, so that applying it cannot fail halfway."""
+    if not isinstance(rec, dict):
+        return "a record is not a JSON object"
+    kind = rec.get("t")
+    for name in _FIELDS.get(kind, ()) if isinstance(kind, str) else ():
+        if name not in rec:
+            return f"a {kind} record without {name!r}"
+        if not _CHECKS[name](rec[name]):
+            return f"a {kind} record with a bad {name!r}: {rec[name]!r}"[:200]
+    if kind == "start":
+        resent = rec.get("resent_in_flight") or []
+        shape = (_is_int, _is_str, _is_int, _is_int)
+        if not isinstance(resent, list) or not all(
+            isinstance(r, list)
+            and len(r) == 4
+            and all(ok(v) for ok, v in zip(shape, r, strict=True))
+            for r in resent
+        ):
+            return "a start record with a bad 'resent_in_flight'"
+    if kind == "finished" and not _is_int(rec.get("exit_code", 0)):
+        return "a finished record with a bad 'exit_code'"
+    return None
 
 
 def _check_header(rec: Any, path: str) -> None:
