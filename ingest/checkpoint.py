@@ -188,8 +188,10 @@ class CheckpointJournal:
         """Append ``record``; if ``durable``, return once it (and all before it) is fsynced."""
         if "seq" in record:
             self._resends.note(record.get("t"), record["seq"], record["part"])
-        lines = record.get("lines")
-        pending = (record.get("t"), tuple(lines) if lines else None, orjson.dumps(record) + b"\n")
+        kind, lines = record.get("t"), record.get("lines")
+        if kind == "done" and record.get("rows") != 0:
+            lines = None  # delivered rows: never dropped, whatever lines it spans
+        pending = (kind, tuple(lines) if lines else None, orjson.dumps(record) + b"\n")
         await self._append(pending, None, durable)
 
     async def reject(self, item: Reject, *, durable: bool = False) -> None:
@@ -279,7 +281,7 @@ class CheckpointJournal:
             elif kind == "finished":
                 pass
             elif kind == "done" and lines is not None and self._settles_dropped(lines):
-                pass  # the one-row batch of a refused line: the resume sends it again
+                pass  # a refused row's batch (0 rows delivered): the resume sends it again
             else:
                 kept.append(pending)
         return kept

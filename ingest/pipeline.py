@@ -428,6 +428,9 @@ class _Run:
                 for reject in chunk.rejects:
                     # The last one waits for the disk, so bad lines cannot pile up in memory.
                     await self._reject(reject, durable=reject is chunk.rejects[-1])
+                if self.journal.rejects_error is not None:
+                    # Its rejects are not recorded: a batch of its rows would cover them.
+                    return
                 self.stats.rows_read += len(chunk)
                 if chunk.rows:
                     try:

@@ -221,20 +221,19 @@ def test_line_ranges_agree_with_a_plain_set(spans: list[tuple[int, int]]) -> Non
     assert {n for a, b in ranges.merged() for n in range(a, b + 1)} == lines
 
 
-def poisoned_rows(path: Path, n: int, poison: int) -> None:
-    path.write_bytes(
-        b"".join(
-            (b'{"i": %d, "poison": true}\n' if i == poison else b'{"i": %d}\n') % i
-            for i in range(n)
-        )
-    )
+def poisoned_rows(path: Path, n: int, poison: int, invalid: bool = False) -> None:
+    """Rows ``{"i": n}``; row ``poison`` is refused by the server, or not JSON if ``invalid``."""
+    bad = b'{"i": %d, oops\n' if invalid else b'{"i": %d, "poison": true}\n'
+    path.write_bytes(b"".join((bad if i == poison else b'{"i": %d}\n') % i for i in range(n)))
 
 
+@pytest.mark.parametrize("refused_by", ["server", "reader"])
 async def test_a_rejects_file_that_fails_mid_run_costs_no_done_record(
-    fake: Any, tmp_path: Path
+    fake: Any, tmp_path: Path, refused_by: str
 ) -> None:
     """Its folder gone mid-run: every 201 stays journaled, the error names the rejects file."""
-    poisoned_rows(tmp_path / "rows.jsonl", 3000, poison=2500)
+    rows, bad = (3000, 2500) if refused_by == "server" else (30_000, 25_000)
+    poisoned_rows(tmp_path / "rows.jsonl", rows, poison=bad, invalid=refused_by == "reader")
     folder = tmp_path / "rejects"
     folder.mkdir()
     rejects = folder / "rejects.jsonl"
@@ -268,15 +267,15 @@ async def test_a_rejects_file_that_fails_mid_run_costs_no_done_record(
     state = read_journal(config.checkpoint_path)
     stored = fake.state.example_count(fake.dataset_id)
     assert state.finished is None and state.rejected_rows == 0
-    assert state.delivered_rows == stored > 2400  # every row the server took is journaled done
+    assert state.delivered_rows == stored > 100  # every row the server took is journaled done
 
     folder.mkdir()
     fake.state.faults.latency = 0.0
     resumed = await ingest.upload(config, api_key=fake.api_key)
-    assert (resumed.exit_code, resumed.rows_delivered) == (6, 2999 - stored)
+    assert (resumed.exit_code, resumed.rows_delivered) == (6, rows - 1 - stored)
     ids = [ex["i"] for ex in fake.state.examples(fake.dataset_id)]
-    assert sorted(ids) == [i for i in range(3000) if i != 2500]  # no row sent twice
-    assert [orjson.loads(line)["line"] for line in rejects.read_bytes().splitlines()] == [2501]
+    assert sorted(ids) == [i for i in range(rows) if i != bad]  # no row sent twice
+    assert [orjson.loads(line)["line"] for line in rejects.read_bytes().splitlines()] == [bad + 1]
 
 
 @pytest.mark.parametrize("where", ["missing/rejects.jsonl", "a-file/rejects.jsonl"])
@@ -335,3 +334,35 @@ async def test_each_restart_keeps_the_checkpoint_it_discards(tmp_path: Path) -> 
         journal.release()
     assert (tmp_path / "ck.bak").read_bytes() == first
     assert read_journal(str(tmp_path / "ck.1.bak")).fingerprint == {**FP, "dataset_id": "two"}
+
+
+async def test_a_failed_rejects_write_keeps_a_delivered_batch_around_the_bad_line(
+    tmp_path: Path,
+) -> None:
+    """After a failed rejects write, delivered batches stay and a refused row's batch goes."""
+    path, folder = tmp_path / "ck", tmp_path / "rejects"
+    folder.mkdir()
+    journal, _ = CheckpointJournal.open(str(path), FP, rejects_path=str(folder / "r.jsonl"))
+    failures: list[Exception] = []
+    journal.on_rejects_error = failures.append
+    folder.rmdir()
+    refused_alone = {**done(1, 11, 11), "rows": 0, "example_ids": []}
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(journal.run)
+            await journal.write({"t": "start"})
+            await journal.reject(Reject(5, 40, 50, "not valid JSON", b"{"))
+            await journal.write({**done(0, 1, 10), "rows": 9}, durable=False)
+            await journal.reject(Reject(11, 100, 110, "refused by the server", b"{}"))
+            await journal.write(refused_alone, durable=False)
+            await journal.write({"t": "finished", "exit_code": 6})
+            journal.close()
+    finally:
+        journal.release()
+    [failure] = failures
+    assert isinstance(failure, ingest.RejectsFileError) and "r.jsonl" in str(failure)
+    state = read_journal(str(path))
+    assert (state.delivered_rows, state.rejected_rows, state.finished) == (9, 0, None)
+    # Rows delivered are never forgotten (the reader sends none past an unrecorded reject);
+    # line 11, refused alone, is left for the resume to refuse again.
+    assert state.covered.merged() == [(1, 10)]
