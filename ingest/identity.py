@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 from typing import Any
 
 import orjson
@@ -116,7 +117,8 @@ def _input_change(was: dict[str, Any], now: dict[str, Any], input_path: str) -> 
         return (
             f"an input modified since: {input_path} has the same size and sampled content, "
             "but another modification time, so an edit in place cannot be ruled out. If you "
-            f"only copied it, restore its time (touch -d @{stamp} {input_path}) and re-run"
+            f"only copied it, restore its time (touch -d @{stamp} {shlex.quote(input_path)}) "
+            "and re-run"
         )
     return "another input (its identity differs)"
 
