@@ -290,6 +290,27 @@ class CheckpointJournal:
         first, last = lines
         return any(first <= line <= last for line in self._dropped_lines)
 
+    def move_to(self, path: str, rejects_path: str) -> None:
+        """Rename the journal (and its rejects file, if it exists) while holding the lock.
+
+        Raises ``OSError`` and leaves both names as they were if that cannot be done
+        without overwriting a file.
+        """
+        move_rejects = rejects_path != self.rejects_path and os.path.exists(self.rejects_path)
+        for target in (path, rejects_path) if move_rejects else (path,):
+            if os.path.lexists(target):
+                raise FileExistsError(f"{target} exists")
+        os.rename(self.path, path)
+        if move_rejects:
+            try:
+                os.rename(self.rejects_path, rejects_path)
+            except OSError:
+                os.rename(path, self.path)
+                raise
+        self.path, self.rejects_path = path, rejects_path
+        self._rejects_file.path = rejects_path
+        _fsync_dir(path)
+
     def close(self) -> None:
         """Ask the writer task to commit what is left and end."""
         self._closing = True

@@ -109,14 +109,24 @@ def _open_checkpoint(config: RunConfig) -> tuple[RunConfig, CheckpointJournal, J
         what = "is not a file" if os.path.exists(config.input) else "input file not found"
         raise ConfigError(f"{config.input}: {what}")
     fp = fingerprint(config.input, config.dataset_id, config.dataset_version_id)
-    config = _renamed_input_checkpoint(config, fp)
-    return config, *CheckpointJournal.open(
-        config.checkpoint_path,
+    found = _renamed_input_checkpoint(config, fp)
+    journal, state = CheckpointJournal.open(
+        found.checkpoint_path,
         fp,
-        rejects_path=config.rejects_path,
-        restart=config.restart,
-        input_path=config.input,
+        rejects_path=found.rejects_path,
+        restart=found.restart,
+        input_path=found.input,
     )
+    if found is not config:
+        # Renamed after the input (under the lock), the checkpoint is found by name from
+        # now on, so an edit of the renamed input is refused rather than started afresh.
+        try:
+            journal.move_to(config.checkpoint_path, config.rejects_path)
+        except OSError as exc:
+            log.warning("could not rename %s after its input: %s", found.checkpoint_path, exc)
+            return found, journal, state
+        log.info("%s is renamed %s", found.checkpoint_path, config.checkpoint_path)
+    return config, journal, state
 
 
 def _renamed_input_checkpoint(config: RunConfig, fp: dict[str, Any]) -> RunConfig:

@@ -141,6 +141,11 @@ def move_into(folder: Path, path: Path) -> Path:
     return path.rename(folder / path.name)
 
 
+def reject_lines(path: str) -> list[int]:
+    with open(path, "rb") as f:
+        return [orjson.loads(line)["line"] for line in f]
+
+
 def rows_with_a_bad_line(path: Path, n: int) -> None:
     path.write_bytes(b'{"i": -1}\nnot json\n' + b"".join(b'{"i": %d}\n' % i for i in range(n)))
 
@@ -164,9 +169,29 @@ async def test_a_renamed_input_resumes_its_checkpoint(
     second = await ingest.upload(
         api_key=fake.api_key, input=str(b), dataset_id=fake.dataset_id, base_url=fake.url, rate=0
     )
-    assert (second.checkpoint, second.rejects) == (str(checkpoint), str(rejects))
+    # Resumed, and renamed after the input it now belongs to.
+    renamed = str(checkpoint).replace("/a.jsonl.", "/b.jsonl."), str(rejects).replace("/a.", "/b.")
+    assert (second.checkpoint, second.rejects) == renamed
     assert second.rows_skipped == first.rows_delivered + 1  # + the bad line
     stored = [ex["i"] for ex in fake.state.examples(fake.dataset_id)]
     assert sorted(stored) == list(range(-1, 5000))  # every row once
-    assert [orjson.loads(line)["line"] for line in rejects.read_bytes().splitlines()] == [2]
-    assert not list(folder.glob("b.jsonl.ingest-*"))  # no second checkpoint was started
+    assert reject_lines(renamed[1]) == [2]
+    ingest_files = sorted(n for n in os.listdir(folder) if ".ingest-" in n)
+    assert ingest_files == sorted(os.path.basename(p) for p in renamed)
+
+
+async def test_a_renamed_then_edited_input_is_refused_not_uploaded_again(
+    fake: Any, tmp_path: Path
+) -> None:
+    """Resumed once under its new name, an input edited later is refused, not started afresh."""
+    a = tmp_path / "a.jsonl"
+    rows_with_a_bad_line(a, 3000)
+    await interrupted_run(fake, a, rows_before_stop=300)
+    b = a.rename(tmp_path / "b.jsonl")
+    plain = dict(input=str(b), dataset_id=fake.dataset_id, base_url=fake.url, rate=0)
+    assert (await ingest.upload(api_key=fake.api_key, **plain)).exit_code == 6
+    edit_at(b, 2000, keep_mtime=False)
+    posts = fake.state.post_examples_requests
+    with pytest.raises(CheckpointError, match="b.jsonl has the same size, but its first MiB"):
+        await ingest.upload(api_key=fake.api_key, **plain)
+    assert fake.state.post_examples_requests == posts
