@@ -16,6 +16,7 @@ from ingest.errors import (
     DatasetNotFoundError,
     DeliveryError,
     IngestError,
+    RejectsFileError,
     RetriesExhaustedError,
     SourceError,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "DatasetNotFoundError",
     "DeliveryError",
     "IngestError",
+    "RejectsFileError",
     "RetriesExhaustedError",
     "RunConfig",
     "SourceError",

@@ -3,7 +3,8 @@
 Takes records of what the sender is about to do and has done; gives back, when
 a run starts, what is already done. One JSON object per line:
 
-    {"t": "header", "v": 1, "fingerprint": {...}}     what run this journal belongs to
+    {"t": "header", "v": 2, "fingerprint": {...}}     what run this journal belongs to
+    {"t": "identity", "input": {...}}   the input's full identity, after a version-1 header
     {"t": "start", "resent_in_flight": [[seq, part, a, b], ...], ...}   each run's start
     {"t": "rejected", "line": 7, "bytes": [s, e], "reason": "..."}
     {"t": "sending", "seq": 3, "part": "", "lines": [a, b], "bytes": [s, e], "rows": n}
@@ -21,202 +22,36 @@ group-committed by one task that fsyncs in a worker thread, so the event loop
 never waits on the disk and many workers share one fsync. A torn last line (a
 crash mid-write) is dropped.
 
-The fingerprint identifies the input by content (size and a hash of its first
-and last MiB), not by path, plus the dataset and version it goes to.
+The header's fingerprint (``ingest.identity``) names the input by content, not
+by path, and the dataset and version it goes to; ``ingest.replay`` reads a
+journal back.
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import math
+import logging
 import os
-from bisect import bisect_right
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import orjson
 
-from ingest.errors import CheckpointError
+from ingest.errors import CheckpointError, RejectsFileError
+from ingest.identity import fingerprint as fingerprint
+from ingest.identity import is_v1_identity, mismatch
+from ingest.rejects import RejectsFile, backup_path, set_aside
+from ingest.replay import JOURNAL_VERSION as JOURNAL_VERSION
+from ingest.replay import JournalState as JournalState
+from ingest.replay import LineRanges as LineRanges
+from ingest.replay import ResendTally, parse_journal
+from ingest.replay import read_journal as read_journal
 from ingest.source import Reject
 
-JOURNAL_VERSION = 1
-_EDGE = 1 << 20
-_TAIL = 16 << 20  # of a rejects file: more than one group commit ever writes
+log = logging.getLogger("ingest")
 
-
-def fingerprint(input_path: str, dataset_id: str, dataset_version_id: str | None) -> dict[str, Any]:
-    """What a checkpoint belongs to: the input's content identity, dataset and version."""
-    if input_path == "-":
-        identity: dict[str, Any] = {"stdin": True}
-    else:
-        with open(input_path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            head = hashlib.sha256(f.read(_EDGE)).hexdigest()
-            f.seek(max(size - _EDGE, 0))
-            tail = hashlib.sha256(f.read(_EDGE)).hexdigest()
-        identity = {"size": size, "head_sha256": head, "tail_sha256": tail}
-    return {
-        "input": identity,
-        "dataset_id": dataset_id,
-        "dataset_version_id": dataset_version_id or None,
-    }
-
-
-class LineRanges:
-    """Lines already dealt with (delivered or rejected), as ranges with their byte spans."""
-
-    def __init__(self) -> None:
-        self._ranges: list[tuple[int, int, int, int]] = []
-        self._merged: list[tuple[int, int]] | None = None
-
-    def add(self, first: int, last: int, start: int, end: int) -> None:
-        """Record that lines ``first..last`` (bytes ``start..end``) are dealt with."""
-        self._ranges.append((first, last, start, end))
-        self._merged = None
-
-    def __len__(self) -> int:
-        return len(self._ranges)
-
-    def prefix(self) -> tuple[int, int]:
-        """The last line of the unbroken run of dealt-with lines from line 1, and its end byte."""
-        line, offset = 0, 0
-        for first, last, _, end in sorted(self._ranges):
-            if first > line + 1:
-                break
-            if last > line:
-                line, offset = last, end
-        return line, offset
-
-    def covers(self, first: int, last: int) -> bool:
-        """Whether every line of ``first..last`` is dealt with."""
-        ranges = self.merged()
-        i = bisect_right(ranges, (first, math.inf)) - 1
-        return i >= 0 and ranges[i][0] <= first and last <= ranges[i][1]
-
-    def merged(self) -> list[tuple[int, int]]:
-        """The line ranges, sorted and merged."""
-        if self._merged is None:
-            out: list[tuple[int, int]] = []
-            for first, last, _, _ in sorted(self._ranges):
-                if out and first <= out[-1][1] + 1:
-                    if last > out[-1][1]:
-                        out[-1] = (out[-1][0], last)
-                else:
-                    out.append((first, last))
-            self._merged = out
-        return self._merged
-
-    def skipper(self) -> Callable[[int], bool]:
-        """A test ``line -> already dealt with``, for line numbers that only go up."""
-        ranges = self.merged()
-        index = 0
-
-        def covered(line: int) -> bool:
-            nonlocal index
-            while index < len(ranges) and ranges[index][1] < line:
-                index += 1
-            return index < len(ranges) and ranges[index][0] <= line
-
-        return covered
-
-
-@dataclass(slots=True)
-class JournalState:
-    """What a journal says about the runs before this one."""
-
-    fingerprint: dict[str, Any] | None = None
-    covered: LineRanges = field(default_factory=LineRanges)
-    delivered_rows: int = 0
-    rejected_rows: int = 0
-    done_batches: int = 0
-    unknown_outcomes: int = 0
-    next_seq: int = 0
-    attempts: int = 0
-    in_flight: list[dict[str, Any]] = field(default_factory=list)
-    finished: dict[str, Any] | None = None
-
-    def apply(self, rec: dict[str, Any], sending: dict[tuple[int, str], dict[str, Any]]) -> None:
-        """Fold one journal record into the state."""
-        kind = rec.get("t")
-        if kind == "header":
-            self.fingerprint = rec.get("fingerprint")
-        elif kind == "start":
-            self.attempts += 1
-        elif kind == "rejected":
-            line = rec["line"]
-            start, end = rec["bytes"]
-            self.covered.add(line, line, start, end)
-            self.rejected_rows += 1
-        elif kind == "sending":
-            sending[(rec["seq"], rec["part"])] = rec
-            self.next_seq = max(self.next_seq, rec["seq"] + 1)
-        elif kind == "unknown":
-            self.unknown_outcomes += 1
-        elif kind == "done":
-            sending.pop((rec["seq"], rec["part"]), None)
-            (first, last), (start, end) = rec["lines"], rec["bytes"]
-            self.covered.add(first, last, start, end)
-            self.delivered_rows += rec["rows"]
-            self.done_batches += 1
-        elif kind == "finished":
-            self.finished = rec
-
-
-def parse_journal(data: bytes, path: str) -> tuple[JournalState, int]:
-    """The state ``data`` records, and how many of its bytes are whole lines."""
-    state = JournalState()
-    sending: dict[tuple[int, str], dict[str, Any]] = {}
-    good = data.rfind(b"\n") + 1  # past it lies a torn write: never acknowledged, dropped
-    for number, line in enumerate(data[:good].splitlines(), start=1):
-        try:
-            rec = orjson.loads(line)
-            if number == 1 and (rec.get("t") != "header" or rec.get("v") != JOURNAL_VERSION):
-                raise ValueError("first line is not an ingest checkpoint header")
-            state.apply(rec, sending)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            if number == 1:
-                raise CheckpointError(
-                    f"{path} is not an ingest checkpoint; ingest will not overwrite it: "
-                    "give --checkpoint another path"
-                ) from exc
-            raise CheckpointError(
-                f"{path}:{number}: checkpoint is corrupt ({exc}); start over with "
-                "`ingest run ... --restart` (the old file is kept as .bak) or use another "
-                "--checkpoint"
-            ) from exc
-    # In flight: sent (maybe committed) and not yet settled. A batch halved after a
-    # refusal, or re-sent by a later run, is settled once its lines are done or rejected.
-    settled = state.covered.covers
-    state.in_flight = sorted(
-        (r for r in sending.values() if not settled(*r["lines"])),
-        key=lambda r: (r["seq"], r["part"]),
-    )
-    return state, good
-
-
-def read_journal(path: str) -> JournalState:
-    """Read a journal without taking it (for ``ingest status``)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read checkpoint: {exc.strerror}") from exc
-    return parse_journal(data, path)[0]
-
-
-def _mismatch(old: dict[str, Any], new: dict[str, Any]) -> str | None:
-    if old.get("dataset_id") != new["dataset_id"]:
-        return f"dataset {old.get('dataset_id')!r}, not {new['dataset_id']!r}"
-    if old.get("dataset_version_id") != new["dataset_version_id"]:
-        return f"dataset version {old.get('dataset_version_id')!r}"
-    if new["input"].get("stdin"):
-        return "an earlier run from stdin, which cannot be checked to be the same input"
-    if old.get("input") != new["input"]:
-        return "another input (its size or content differs)"
-    return None
+_Pending = tuple[str | None, tuple[int, int] | None, bytes]  # kind, lines, the record
 
 
 class CheckpointJournal:
@@ -234,20 +69,42 @@ class CheckpointJournal:
         self.path = path
         self.rejects_path = rejects_path
         self._fd = fd
-        self._rejects_fd: int | None = None
-        self._buf: list[bytes] = []
+        self._rejects_file = RejectsFile(rejects_path)
+        self._buf: list[_Pending] = []
         self._rejects: list[bytes] = []
         self._committed = anyio.Event()
         self._has_work = anyio.Event()
         self._closing = False
         self._error: CheckpointError | None = None
-        self._already_rejected: set[int] = set()
+        self._already_rejected: set[bytes] = set()
+        # Once the rejects file fails, rejected lines are left out of the journal
+        # (a resume reads and rejects them again), and so is the *done* record that
+        # settles their batch, and *finished*; every other record is still committed.
+        self.rejects_error: RejectsFileError | None = None
+        self.on_rejects_error: Callable[[RejectsFileError], None] | None = None
+        self._dropped_lines: set[int] = set()
+        self._resends = ResendTally()
+
+    @property
+    def unknown_resent(self) -> int:
+        """Unknown outcomes of this run whose rows it sent again (see ``RunResends``)."""
+        return self._resends.count
 
     @classmethod
     def open(
-        cls, path: str, fp: dict[str, Any], *, rejects_path: str, restart: bool = False
+        cls,
+        path: str,
+        fp: dict[str, Any],
+        *,
+        rejects_path: str,
+        restart: bool = False,
+        input_path: str = "the input",
     ) -> tuple[CheckpointJournal, JournalState]:
-        """Take the journal at ``path`` (creating it), check it belongs to this run, load it."""
+        """Take the journal at ``path`` (creating it), check it belongs to this run, load it.
+
+        ``input_path`` only names the input in messages.
+        """
+        RejectsFile(rejects_path).check()  # before the checkpoint exists, let alone a request
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
@@ -264,25 +121,22 @@ class CheckpointJournal:
                 "(or pass --checkpoint for a separate run)"
             ) from None
         try:
-            state = cls._load(fd, path, fp, restart, rejects_path)
+            state = cls._load(fd, path, fp, restart, rejects_path, input_path)
         except BaseException:
             os.close(fd)
             raise
         journal = cls(path, fd, rejects_path)
         if state.attempts:
             try:
-                journal._already_rejected = _recent_rejects(rejects_path)
-            except OSError as exc:
+                journal._already_rejected = journal._rejects_file.recent()
+            except RejectsFileError:
                 journal.release()
-                raise CheckpointError(
-                    f"{rejects_path}: cannot open the rejects file: {exc.strerror}; "
-                    "pass --rejects PATH somewhere writable"
-                ) from exc
+                raise
         return journal, state
 
     @staticmethod
     def _load(
-        fd: int, path: str, fp: dict[str, Any], restart: bool, rejects_path: str
+        fd: int, path: str, fp: dict[str, Any], restart: bool, rejects_path: str, input_path: str
     ) -> JournalState:
         size = os.fstat(fd).st_size
         data = os.pread(fd, size, 0) if size else b""
@@ -292,34 +146,53 @@ class CheckpointJournal:
             if not restart or not _has_header(data):
                 raise
             state, good = JournalState(fingerprint={}), 0  # ours but damaged: start over
-        reason = _mismatch(state.fingerprint, fp) if state.fingerprint is not None else None
+        reason = None
+        if state.fingerprint is not None:
+            reason = mismatch(state.fingerprint, fp, input_path=input_path)
         if reason is not None and not restart:
             raise CheckpointError(
                 f"{path}: this checkpoint is for {reason}. Pass --restart to start over "
-                "(the old file is kept as .bak), or --checkpoint PATH for a separate run"
+                "(the old file is kept as a .bak), or --checkpoint PATH for a separate run"
             )
         if reason is not None or state.fingerprint is None:
             if data:
-                with open(path + ".bak", "wb") as bak:
+                # Never over an older backup: each restart keeps what it discards.
+                backup = backup_path(path)
+                with open(backup, "xb") as bak:
                     bak.write(data)
+                log.info("the old checkpoint is kept as %s", backup)
             good, state = 0, JournalState(fingerprint=fp)
             header = {"t": "header", "v": JOURNAL_VERSION, "fingerprint": fp}
             os.ftruncate(fd, 0)
             os.pwrite(fd, orjson.dumps(header) + b"\n", 0)
             os.fsync(fd)
             _fsync_dir(path)
-            # Rejects left by another run would pass for this one's: set them aside.
-            if os.path.exists(rejects_path):
-                os.replace(rejects_path, rejects_path + ".bak")
+            # Rejects left by another run would pass for this one's: set them aside,
+            # under a new name, so no run's rejects are ever lost (a shared --rejects).
+            if (set_apart := set_aside(rejects_path)) is not None:
+                log.info("rejects of an earlier run are kept as %s", set_apart)
         elif good < size:
             os.ftruncate(fd, good)
             os.fsync(fd)
         os.lseek(fd, 0, os.SEEK_END)
+        assert state.fingerprint is not None
+        if is_v1_identity(state.fingerprint.get("input") or {}):
+            # A version-1 header saw only the size and the edges: from now on the input's
+            # full identity is checked, as for a checkpoint made by this version.
+            _write_all(fd, orjson.dumps({"t": "identity", "input": fp["input"]}) + b"\n")
+            os.fsync(fd)
+            state.fingerprint = {**state.fingerprint, "input": fp["input"]}
         return state
 
     async def write(self, record: dict[str, Any], *, durable: bool = True) -> None:
         """Append ``record``; if ``durable``, return once it (and all before it) is fsynced."""
-        await self._append(orjson.dumps(record) + b"\n", None, durable)
+        if "seq" in record:
+            self._resends.note(record.get("t"), record["seq"], record["part"])
+        kind, lines = record.get("t"), record.get("lines")
+        if kind == "done" and record.get("rows") != 0:
+            lines = None  # delivered rows: never dropped, whatever lines it spans
+        pending = (kind, tuple(lines) if lines else None, orjson.dumps(record) + b"\n")
+        await self._append(pending, None, durable)
 
     async def reject(self, item: Reject, *, durable: bool = False) -> None:
         """Record a rejected line: first in the rejects file, then in the journal."""
@@ -330,13 +203,15 @@ class CheckpointJournal:
             "reason": item.reason,
         }
         # After a crash between the rejects file and the journal, the line is there already.
-        rejects_line = b"" if item.line in self._already_rejected else item.to_json()
-        await self._append(orjson.dumps(record) + b"\n", rejects_line, durable)
+        entry = item.to_json()
+        rejects_line = b"" if entry in self._already_rejected else entry
+        pending = ("rejected", (item.line, item.line), orjson.dumps(record) + b"\n")
+        await self._append(pending, rejects_line, durable)
 
-    async def _append(self, line: bytes, rejects_line: bytes | None, durable: bool) -> None:
+    async def _append(self, pending: _Pending, rejects_line: bytes | None, durable: bool) -> None:
         if self._error is not None:
             raise self._error
-        self._buf.append(line)
+        self._buf.append(pending)
         if rejects_line is not None:
             self._rejects.append(rejects_line)
         committed = self._committed
@@ -368,9 +243,13 @@ class CheckpointJournal:
     async def _commit_buffered(self) -> None:
         buf, rejects, committed = self._buf, self._rejects, self._committed
         self._buf, self._rejects, self._committed = [], [], anyio.Event()
+        failed_before = self.rejects_error
         try:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._commit, b"".join(rejects), b"".join(buf))
+                await anyio.to_thread.run_sync(self._commit, b"".join(rejects), buf)
+            failed = self.rejects_error
+            if failed is not None and failed is not failed_before and self.on_rejects_error:
+                self.on_rejects_error(failed)  # before the waiters wake: a run ends failed
         except OSError as exc:
             self._error = CheckpointError(
                 f"{self.path}: cannot write checkpoint: {exc}; free the disk or fix "
@@ -380,17 +259,57 @@ class CheckpointJournal:
         finally:
             committed.set()
 
-    def _commit(self, rejects: bytes, records: bytes) -> None:
+    def _commit(self, rejects: bytes, buf: list[_Pending]) -> None:
         # Rejects first: a line in the journal as rejected is always in the rejects file.
-        if rejects:
-            if self._rejects_fd is None:
-                self._rejects_fd = os.open(
-                    self.rejects_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644
-                )
-            _write_all(self._rejects_fd, rejects)
-            os.fsync(self._rejects_fd)
-        _write_all(self._fd, records)
+        if rejects and self.rejects_error is None:
+            try:
+                self._rejects_file.append(rejects)
+            except OSError as exc:
+                self.rejects_error = self._rejects_file.write_error(exc)
+        if self.rejects_error is not None:
+            buf = self._without_rejects(buf)
+        _write_all(self._fd, b"".join(data for _, _, data in buf))
         os.fsync(self._fd)
+
+    def _without_rejects(self, buf: list[_Pending]) -> list[_Pending]:
+        """The records that stay true with no rejects file: all but rejects and what they settle."""
+        kept = []
+        for pending in buf:
+            kind, lines, _ = pending
+            if kind == "rejected" and lines is not None:
+                self._dropped_lines.add(lines[0])
+            elif kind == "finished":
+                pass
+            elif kind == "done" and lines is not None and self._settles_dropped(lines):
+                pass  # a refused row's batch (0 rows delivered): the resume sends it again
+            else:
+                kept.append(pending)
+        return kept
+
+    def _settles_dropped(self, lines: tuple[int, int]) -> bool:
+        first, last = lines
+        return any(first <= line <= last for line in self._dropped_lines)
+
+    def move_to(self, path: str, rejects_path: str) -> None:
+        """Rename the journal (and its rejects file, if it exists) while holding the lock.
+
+        Raises ``OSError`` and leaves both names as they were if that cannot be done
+        without overwriting a file.
+        """
+        move_rejects = rejects_path != self.rejects_path and os.path.exists(self.rejects_path)
+        for target in (path, rejects_path) if move_rejects else (path,):
+            if os.path.lexists(target):
+                raise FileExistsError(f"{target} exists")
+        os.rename(self.path, path)
+        if move_rejects:
+            try:
+                os.rename(self.rejects_path, rejects_path)
+            except OSError:
+                os.rename(path, self.path)
+                raise
+        self.path, self.rejects_path = path, rejects_path
+        self._rejects_file.path = rejects_path
+        _fsync_dir(path)
 
     def close(self) -> None:
         """Ask the writer task to commit what is left and end."""
@@ -399,35 +318,8 @@ class CheckpointJournal:
 
     def release(self) -> None:
         """Close the files and drop the lock; call after the writer task ended."""
-        for fd in (self._rejects_fd, self._fd):
-            if fd is not None:
-                os.close(fd)
-        self._rejects_fd = None
-
-
-def _recent_rejects(path: str) -> set[int]:
-    """Line numbers at the end of a rejects file; drops a torn last line."""
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return set()
-    try:
-        size = os.fstat(fd).st_size
-        start = max(size - _TAIL, 0)
-        data = os.pread(fd, size - start, start)
-        good = data.rfind(b"\n") + 1
-        if start + good < size:
-            os.ftruncate(fd, start + good)
-        lines = data[:good].splitlines()[1 if start else 0 :]
-    finally:
-        os.close(fd)
-    seen = set()
-    for line in lines:
-        try:
-            seen.add(int(orjson.loads(line)["line"]))
-        except (ValueError, KeyError, TypeError):
-            continue
-    return seen
+        self._rejects_file.close()
+        os.close(self._fd)
 
 
 def _has_header(data: bytes) -> bool:

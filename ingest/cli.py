@@ -25,6 +25,7 @@ from ingest.config import API_KEY_ENV, DEFAULT_BASE_URL, build_config, load_toml
 from ingest.errors import ConfigError, IngestError
 from ingest.pipeline import EXIT_INTERRUPTED, upload
 from ingest.redact import RedactFilter, redact
+from ingest.replay import RunResends
 from ingest.report import Summary
 
 log = logging.getLogger("ingest")
@@ -230,6 +231,8 @@ def _status(args: argparse.Namespace) -> int:
         print(f"ingest: error: {exc}", file=sys.stderr)  # noqa: T201
         return exc.exit_code
     fp = state.fingerprint or {}
+    last = state.runs[-1] if state.runs else RunResends()
+    maybe_twice = state.maybe_duplicated()
     report: dict[str, Any] = {
         "checkpoint": args.checkpoint,
         "dataset_id": fp.get("dataset_id"),
@@ -240,28 +243,50 @@ def _status(args: argparse.Namespace) -> int:
         "rows_delivered": state.delivered_rows,
         "rows_rejected": state.rejected_rows,
         "batches_done": state.done_batches,
-        "unknown_outcomes_resent": state.unknown_outcomes,
+        # The summary's unknown_resent and in_flight_resent, summed over runs; the
+        # last run's equal its summary's.
+        "unknown_outcomes": state.unknown_outcomes,
+        "unknown_outcomes_resent": state.unknown_resent,
+        "in_flight_resent": state.in_flight_resent,
+        "last_run": {
+            "unknown_resent": last.unknown_resent,
+            "in_flight_resent": last.in_flight_resent,
+        },
         "in_flight_at_last_stop": [
             {"seq": r["seq"], "part": r["part"], "lines": r["lines"]} for r in state.in_flight
         ],
+        "maybe_duplicated_lines": [list(r) for r in maybe_twice],
         "lines_done": [list(r) for r in state.covered.merged()],
     }
     if args.json:
         sys.stdout.buffer.write(orjson.dumps(report) + b"\n")
         return 0
-    lines_done = ", ".join(f"{a}-{b}" for a, b in state.covered.merged()[:10])
-    more = " ..." if len(state.covered.merged()) > 10 else ""
-    in_flight = ", ".join(f"{r['lines'][0]}-{r['lines'][1]}" for r in state.in_flight) or "none"
+    in_flight = _spans([(r["lines"][0], r["lines"][1]) for r in state.in_flight]) or "none"
+    version = report["dataset_version_id"]
     print(  # noqa: T201
         f"checkpoint:        {args.checkpoint}\n"
         f"dataset:           {report['dataset_id']}"
-        + (f" (version {report['dataset_version_id']})" if report["dataset_version_id"] else "")
+        + (f" (version {version})" if version else "")
         + f"\nruns:              {state.attempts}"
         f"\nfinished:          {'yes' if state.finished else 'no'}"
         f"\nrows delivered:    {state.delivered_rows:,} in {state.done_batches:,} batches"
         f"\nrows rejected:     {state.rejected_rows:,}"
-        f"\nunknown outcomes:  {state.unknown_outcomes:,} (resent)"
+        f"\nunknown outcomes:  {state.unknown_outcomes:,}, of which {state.unknown_resent:,} "
+        f"resent by the same run ({last.unknown_resent:,} by the last run)"
+        f"\nin flight resent:  {state.in_flight_resent:,} batches left in flight by a run, "
+        f"sent again by a later one ({last.in_flight_resent:,} by the last run)"
         f"\nin flight at stop: {in_flight}"
-        f"\nlines done:        {lines_done or 'none'}{more}"
+        f"\nmaybe duplicated:  {_spans(maybe_twice, limit=20) or 'none'}"
+        f"\nlines done:        {_spans(state.covered.merged(), limit=10) or 'none'}"
     )
     return 0
+
+
+def _spans(spans: list[tuple[int, int]], limit: int | None = None) -> str:
+    shown = spans if limit is None else spans[:limit]
+    text = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in shown)
+    return text + (
+        f" ... ({len(spans) - len(shown)} more; --json lists all)"
+        if len(shown) < len(spans)
+        else ""
+    )

@@ -105,11 +105,18 @@ class RunConfig:
             return str(Path(self.checkpoint).with_suffix(".rejects.jsonl"))
         return f"{self._stem()}.rejects.jsonl"
 
-    def _stem(self) -> str:
+    @property
+    def checkpoint_suffix(self) -> str:
+        """How every default checkpoint for this dataset and version ends."""
+        return f".ingest-{self._tag()}.ckpt"
+
+    def _tag(self) -> str:
         target = f"{self.dataset_id}\0{self.dataset_version_id or ''}".encode()
-        tag = hashlib.sha256(target).hexdigest()[:8]
+        return hashlib.sha256(target).hexdigest()[:8]
+
+    def _stem(self) -> str:
         base = "stdin" if self.input == "-" else self.input
-        return f"{base}.ingest-{tag}"
+        return f"{base}.ingest-{self._tag()}"
 
     def replace(self, **changes: Any) -> RunConfig:
         """A copy with some settings changed (and validated again)."""

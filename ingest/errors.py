@@ -3,6 +3,7 @@
     IngestError                     base; exit 1 when nothing more specific applies
     ├── ConfigError                 bad flags, TOML, settings or a missing input (exit 2)
     ├── CheckpointError             checkpoint of another run, corrupt, or in use (exit 2)
+    │   └── RejectsFileError        the rejects file cannot be opened or written (exit 2)
     ├── SourceError                 input cannot be read at all (exit 2); names file and line
     └── DeliveryError               the API refused or could not take the rows
         ├── AuthError               401/403: ARIZE_API_KEY is refused (exit 3)
@@ -35,6 +36,10 @@ class CheckpointError(IngestError):
     """Raised when a checkpoint belongs to another run, is corrupt, or is in use."""
 
     exit_code = 2
+
+
+class RejectsFileError(CheckpointError):
+    """Raised when the rejects file cannot be opened or written; resumable once fixed."""
 
 
 class SourceError(IngestError):

@@ -31,17 +31,19 @@ from aiolimiter import AsyncLimiter
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from ingest.batcher import Batch, Batcher
-from ingest.checkpoint import CheckpointJournal, JournalState, fingerprint
+from ingest.checkpoint import CheckpointJournal, JournalState
 from ingest.client import DatasetsClient, Reply
 from ingest.config import API_KEY_ENV, RunConfig
 from ingest.errors import (
     BaseUrlError,
+    CheckpointError,
     ConfigError,
     DatasetNotFoundError,
     DeliveryError,
     IngestError,
     SourceError,
 )
+from ingest.identity import fingerprint, matching_checkpoints
 from ingest.redact import RedactFilter
 from ingest.report import Progress, RunStats, Summary, summarize
 from ingest.retry import Action, RetryPolicy, classify
@@ -87,8 +89,8 @@ async def upload(
         raise ConfigError(f"set {API_KEY_ENV} to your Arize API key")
     if not key.isascii() or not key.isprintable():
         raise ConfigError(f"{API_KEY_ENV} holds a control or non-ASCII character; check its value")
-    journal, state = await anyio.to_thread.run_sync(_open_checkpoint, config)
-    run = _Run(config, key, journal, state, stop or anyio.Event(), progress)
+    opened, journal, state = await anyio.to_thread.run_sync(_open_checkpoint, config)
+    run = _Run(opened, key, journal, state, stop or anyio.Event(), progress)
     redacting = RedactFilter(key)  # on the logger: before any handler sees a record
     log.addFilter(redacting)
     try:
@@ -99,19 +101,60 @@ async def upload(
             # A run refused before reading anything leaves no checkpoint behind
             # (unlinked while the lock is held, so no other run can have taken it).
             with contextlib.suppress(OSError):
-                os.unlink(config.checkpoint_path)
+                os.unlink(opened.checkpoint_path)
         journal.release()
 
 
-def _open_checkpoint(config: RunConfig) -> tuple[CheckpointJournal, JournalState]:
-    """Fingerprint the input and take its checkpoint (blocking: run in a thread)."""
+def _open_checkpoint(config: RunConfig) -> tuple[RunConfig, CheckpointJournal, JournalState]:
+    """Fingerprint the input and take its checkpoint (blocking: run in a thread).
+
+    The config comes back with the checkpoint found, if it is not the default one.
+    """
     if config.input != "-" and not os.path.isfile(config.input):
         what = "is not a file" if os.path.exists(config.input) else "input file not found"
         raise ConfigError(f"{config.input}: {what}")
     fp = fingerprint(config.input, config.dataset_id, config.dataset_version_id)
-    return CheckpointJournal.open(
-        config.checkpoint_path, fp, rejects_path=config.rejects_path, restart=config.restart
+    found = _renamed_input_checkpoint(config, fp)
+    journal, state = CheckpointJournal.open(
+        found.checkpoint_path,
+        fp,
+        rejects_path=found.rejects_path,
+        restart=found.restart,
+        input_path=found.input,
     )
+    if found is not config:
+        # Renamed after the input (under the lock), the checkpoint is found by name from
+        # now on, so an edit of the renamed input is refused rather than started afresh.
+        try:
+            journal.move_to(config.checkpoint_path, config.rejects_path)
+        except OSError as exc:
+            log.warning("could not rename %s after its input: %s", found.checkpoint_path, exc)
+            return found, journal, state
+        log.info("%s is renamed %s", found.checkpoint_path, config.checkpoint_path)
+    return config, journal, state
+
+
+def _renamed_input_checkpoint(config: RunConfig, fp: dict[str, Any]) -> RunConfig:
+    """The config with the checkpoint of this input under an earlier name, if there is one.
+
+    Only when the default checkpoint does not exist: the input's folder is searched
+    for default checkpoints of this dataset whose header holds this input's identity.
+    """
+    if config.checkpoint or config.input == "-" or os.path.exists(config.checkpoint_path):
+        return config
+    folder = os.path.dirname(config.input) or "."
+    found = matching_checkpoints(folder, config.checkpoint_suffix, fp)
+    if not found:
+        return config
+    if len(found) > 1:
+        raise CheckpointError(
+            f"several checkpoints in {folder} are for this input's content: "
+            f"{', '.join(found)}; pass --checkpoint with the one to resume"
+        )
+    earlier = os.path.basename(found[0]).removesuffix(config.checkpoint_suffix)
+    log.info("resuming from %s: %s is %s renamed (same content)", found[0], config.input, earlier)
+    # The rejects file belongs with the checkpoint: it moves along unless given.
+    return config.replace(checkpoint=found[0])
 
 
 class _Run:
@@ -129,6 +172,9 @@ class _Run:
         self.config = config
         self.api_key = api_key
         self.journal = journal
+        # A rejects file that cannot be written ends the run as a failure, after the
+        # requests in flight; the journal keeps their done records.
+        journal.on_rejects_error = self._fail
         self.state = state
         self.requested_stop = stop  # the caller's; ours below is also set by a failure
         self.stop = anyio.Event()
@@ -140,6 +186,8 @@ class _Run:
         self.complete = False
 
     def summary(self, status: str, exit_code: int, message: str = "") -> Summary:
+        # Counted by the journal, by the rule `ingest status` applies to it (RunResends).
+        self.stats.unknown_resent = self.journal.unknown_resent
         totals = (
             self.state.delivered_rows + self.stats.rows_delivered,
             self.state.rejected_rows + self.stats.rows_rejected,
@@ -405,6 +453,9 @@ class _Run:
                 for reject in chunk.rejects:
                     # The last one waits for the disk, so bad lines cannot pile up in memory.
                     await self._reject(reject, durable=reject is chunk.rejects[-1])
+                if self.journal.rejects_error is not None:
+                    # Its rejects are not recorded: a batch of its rows would cover them.
+                    return
                 self.stats.rows_read += len(chunk)
                 if chunk.rows:
                     try:

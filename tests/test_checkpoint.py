@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import ingest
 from ingest.checkpoint import CheckpointJournal, LineRanges, fingerprint, read_journal
 from ingest.errors import CheckpointError
 from ingest.source import Reject
@@ -189,10 +192,13 @@ async def test_rejects_go_to_the_rejects_file_once(tmp_path: Path) -> None:
 
 
 def test_fingerprint_follows_content_not_path(tmp_path: Path) -> None:
-    """The same bytes under another name match; changed bytes do not."""
+    """The same bytes and mtime under another name match (as after `mv`); changed bytes do not."""
     (tmp_path / "a").write_bytes(b'{"a":1}\n' * 1000)
     (tmp_path / "b").write_bytes(b'{"a":1}\n' * 1000)
     (tmp_path / "c").write_bytes(b'{"a":2}\n' * 1000)
+    mtime = (tmp_path / "a").stat().st_mtime_ns
+    for name in "bc":
+        os.utime(tmp_path / name, ns=(mtime, mtime))
     fa, fb, fc = (fingerprint(str(tmp_path / n), "ds", None) for n in "abc")
     assert fa == fb
     assert fa != fc
@@ -213,3 +219,150 @@ def test_line_ranges_agree_with_a_plain_set(spans: list[tuple[int, int]]) -> Non
     covered = ranges.skipper()
     assert {n for n in range(1, 80) if covered(n)} == lines
     assert {n for a, b in ranges.merged() for n in range(a, b + 1)} == lines
+
+
+def poisoned_rows(path: Path, n: int, poison: int, invalid: bool = False) -> None:
+    """Rows ``{"i": n}``; row ``poison`` is refused by the server, or not JSON if ``invalid``."""
+    bad = b'{"i": %d, oops\n' if invalid else b'{"i": %d, "poison": true}\n'
+    path.write_bytes(b"".join((bad if i == poison else b'{"i": %d}\n') % i for i in range(n)))
+
+
+@pytest.mark.parametrize("refused_by", ["server", "reader"])
+async def test_a_rejects_file_that_fails_mid_run_costs_no_done_record(
+    fake: Any, tmp_path: Path, refused_by: str
+) -> None:
+    """Its folder gone mid-run: every 201 stays journaled, the error names the rejects file."""
+    rows, bad = (3000, 2500) if refused_by == "server" else (30_000, 25_000)
+    poisoned_rows(tmp_path / "rows.jsonl", rows, poison=bad, invalid=refused_by == "reader")
+    folder = tmp_path / "rejects"
+    folder.mkdir()
+    rejects = folder / "rejects.jsonl"
+    fake.state.faults.refuse_field = "poison"
+    fake.state.faults.latency = 0.005
+    config = ingest.RunConfig(
+        input=str(tmp_path / "rows.jsonl"),
+        dataset_id=fake.dataset_id,
+        base_url=fake.url,
+        checkpoint=str(tmp_path / "run.ckpt"),
+        rejects=str(rejects),
+        batch_rows=100,
+        concurrency=2,
+        rate=0,
+    )
+
+    async def remove_folder_once_rows_land() -> None:
+        while fake.state.example_count(fake.dataset_id) < 100:  # noqa: ASYNC110
+            await anyio.sleep(0.005)
+        shutil.rmtree(folder)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(remove_folder_once_rows_land)
+        with pytest.raises(ingest.RejectsFileError) as failed:
+            await ingest.upload(config, api_key=fake.api_key)
+        tg.cancel_scope.cancel()
+    message = str(failed.value)
+    assert f"{rejects}: cannot write the rejects file: No such file or directory" in message
+    assert "checkpoint" not in message.split(";")[0]
+    assert failed.value.exit_code != 0 and failed.value.summary.status == "failed"
+    state = read_journal(config.checkpoint_path)
+    stored = fake.state.example_count(fake.dataset_id)
+    assert state.finished is None and state.rejected_rows == 0
+    assert state.delivered_rows == stored > 100  # every row the server took is journaled done
+
+    folder.mkdir()
+    fake.state.faults.latency = 0.0
+    resumed = await ingest.upload(config, api_key=fake.api_key)
+    assert (resumed.exit_code, resumed.rows_delivered) == (6, rows - 1 - stored)
+    ids = [ex["i"] for ex in fake.state.examples(fake.dataset_id)]
+    assert sorted(ids) == [i for i in range(rows) if i != bad]  # no row sent twice
+    assert [orjson.loads(line)["line"] for line in rejects.read_bytes().splitlines()] == [bad + 1]
+
+
+@pytest.mark.parametrize("where", ["missing/rejects.jsonl", "a-file/rejects.jsonl"])
+async def test_an_unwritable_rejects_path_fails_before_the_first_request(
+    fake: Any, tmp_path: Path, where: str
+) -> None:
+    """A rejects path in a missing folder, or under a file, is refused before any request."""
+    (tmp_path / "rows.jsonl").write_bytes(b'{"i": 1}\n')
+    (tmp_path / "a-file").write_bytes(b"")
+    with pytest.raises(ingest.RejectsFileError, match="cannot open the rejects file: "):
+        await ingest.upload(
+            api_key=fake.api_key,
+            input=str(tmp_path / "rows.jsonl"),
+            dataset_id=fake.dataset_id,
+            base_url=fake.url,
+            rejects=str(tmp_path / where),
+        )
+    assert len(fake.state.requests) == 0
+    assert not [n for n in os.listdir(tmp_path) if ".ingest-" in n]  # no checkpoint left
+
+
+async def test_a_shared_rejects_file_keeps_every_runs_rejects(fake: Any, tmp_path: Path) -> None:
+    """Three inputs with one rejects setting: each day's rejected line survives the next days."""
+    rejects = tmp_path / "rejects.jsonl"
+    for day in (1, 2, 3):
+        day_input = tmp_path / f"day{day}.jsonl"
+        day_input.write_bytes(b'{"i": 1}\nbad line of day %d\n' % day)
+        summary = await ingest.upload(
+            api_key=fake.api_key,
+            input=str(day_input),
+            dataset_id=fake.dataset_id,
+            base_url=fake.url,
+            rejects=str(rejects),
+        )
+        assert summary.exit_code == 6
+    kept = {
+        name: orjson.loads(rejects.with_name(name).read_bytes())["raw"]
+        for name in ("rejects.jsonl", "rejects.jsonl.bak", "rejects.jsonl.1.bak")
+    }
+    assert kept == {
+        "rejects.jsonl": "bad line of day 3",
+        "rejects.jsonl.bak": "bad line of day 1",
+        "rejects.jsonl.1.bak": "bad line of day 2",
+    }
+
+
+async def test_each_restart_keeps_the_checkpoint_it_discards(tmp_path: Path) -> None:
+    """Two restarts leave two backups: the second does not overwrite the first."""
+    path = tmp_path / "ck"
+    await write_records(path, [{"t": "start"}, done(0, 1, 10)])
+    first = path.read_bytes()
+    for dataset in ("two", "three"):
+        journal, _ = CheckpointJournal.open(
+            str(path), {**FP, "dataset_id": dataset}, rejects_path=str(tmp_path / "r"), restart=True
+        )
+        journal.release()
+    assert (tmp_path / "ck.bak").read_bytes() == first
+    assert read_journal(str(tmp_path / "ck.1.bak")).fingerprint == {**FP, "dataset_id": "two"}
+
+
+async def test_a_failed_rejects_write_keeps_a_delivered_batch_around_the_bad_line(
+    tmp_path: Path,
+) -> None:
+    """After a failed rejects write, delivered batches stay and a refused row's batch goes."""
+    path, folder = tmp_path / "ck", tmp_path / "rejects"
+    folder.mkdir()
+    journal, _ = CheckpointJournal.open(str(path), FP, rejects_path=str(folder / "r.jsonl"))
+    failures: list[Exception] = []
+    journal.on_rejects_error = failures.append
+    folder.rmdir()
+    refused_alone = {**done(1, 11, 11), "rows": 0, "example_ids": []}
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(journal.run)
+            await journal.write({"t": "start"})
+            await journal.reject(Reject(5, 40, 50, "not valid JSON", b"{"))
+            await journal.write({**done(0, 1, 10), "rows": 9}, durable=False)
+            await journal.reject(Reject(11, 100, 110, "refused by the server", b"{}"))
+            await journal.write(refused_alone, durable=False)
+            await journal.write({"t": "finished", "exit_code": 6})
+            journal.close()
+    finally:
+        journal.release()
+    [failure] = failures
+    assert isinstance(failure, ingest.RejectsFileError) and "r.jsonl" in str(failure)
+    state = read_journal(str(path))
+    assert (state.delivered_rows, state.rejected_rows, state.finished) == (9, 0, None)
+    # Rows delivered are never forgotten (the reader sends none past an unrecorded reject);
+    # line 11, refused alone, is left for the resume to refuse again.
+    assert state.covered.merged() == [(1, 10)]
