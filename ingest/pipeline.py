@@ -7,23 +7,22 @@
                  │                                            halving)
                  └──► rejects (through the journal writer) ◄──┘
 
-Before any input is read, the checkpoint is taken (locked, fingerprint
-checked) and a preflight GET checks the key and the dataset. The source then
-seeks past the lines the checkpoint has as done. Every stream is bounded, so
-a slow API holds the reader back and memory stays flat. On a stop request
-(Ctrl-C, SIGTERM) the source stops, workers finish the request they are in
-(for at most ``shutdown_grace`` seconds), and the journal is flushed.
+The phases, each in its own module: ``resume`` takes the checkpoint (found
+by content even for a renamed input, locked, fingerprint checked);
+``preflight`` GETs the dataset (key, dataset, base URL); then the stages run,
+the source seeking past the lines the checkpoint has as done. Every stream is
+bounded, so a slow API holds the reader back and memory stays flat. On a stop
+request (Ctrl-C, SIGTERM, SIGHUP) or a failure, ``shutdown`` winds the run
+down: the source stops, workers finish the request they are in (for at most
+``shutdown_grace`` seconds), and the journal is flushed.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
-import threading
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import anyio
@@ -32,26 +31,23 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from ingest.batcher import Batch, Batcher
 from ingest.checkpoint import CheckpointJournal, JournalState
-from ingest.client import DatasetsClient, Reply
+from ingest.client import DatasetsClient
 from ingest.config import API_KEY_ENV, RunConfig
 from ingest.errors import (
-    BaseUrlError,
-    CheckpointError,
     ConfigError,
-    DatasetNotFoundError,
-    DeliveryError,
     IngestError,
     SourceError,
 )
-from ingest.identity import fingerprint, matching_checkpoints
+from ingest.preflight import preflight, refusal_message
 from ingest.redact import RedactFilter
 from ingest.report import Progress, RunStats, Summary, summarize
-from ingest.retry import Action, RetryPolicy, classify
+from ingest.resume import open_checkpoint
+from ingest.retry import RetryPolicy
 from ingest.sender import Sender
+from ingest.shutdown import Shutdown, first_ingest_error
 from ingest.source import Chunk, JsonlSource, Reject
 
 log = logging.getLogger("ingest")
-T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_REJECTS = 6
@@ -89,7 +85,7 @@ async def upload(
         raise ConfigError(f"set {API_KEY_ENV} to your Arize API key")
     if not key.isascii() or not key.isprintable():
         raise ConfigError(f"{API_KEY_ENV} holds a control or non-ASCII character; check its value")
-    opened, journal, state = await anyio.to_thread.run_sync(_open_checkpoint, config)
+    opened, journal, state = await anyio.to_thread.run_sync(open_checkpoint, config)
     run = _Run(opened, key, journal, state, stop or anyio.Event(), progress)
     redacting = RedactFilter(key)  # on the logger: before any handler sees a record
     log.addFilter(redacting)
@@ -103,58 +99,6 @@ async def upload(
             with contextlib.suppress(OSError):
                 os.unlink(opened.checkpoint_path)
         journal.release()
-
-
-def _open_checkpoint(config: RunConfig) -> tuple[RunConfig, CheckpointJournal, JournalState]:
-    """Fingerprint the input and take its checkpoint (blocking: run in a thread).
-
-    The config comes back with the checkpoint found, if it is not the default one.
-    """
-    if config.input != "-" and not os.path.isfile(config.input):
-        what = "is not a file" if os.path.exists(config.input) else "input file not found"
-        raise ConfigError(f"{config.input}: {what}")
-    fp = fingerprint(config.input, config.dataset_id, config.dataset_version_id)
-    found = _renamed_input_checkpoint(config, fp)
-    journal, state = CheckpointJournal.open(
-        found.checkpoint_path,
-        fp,
-        rejects_path=found.rejects_path,
-        restart=found.restart,
-        input_path=found.input,
-    )
-    if found is not config:
-        # Renamed after the input (under the lock), the checkpoint is found by name from
-        # now on, so an edit of the renamed input is refused rather than started afresh.
-        try:
-            journal.move_to(config.checkpoint_path, config.rejects_path)
-        except OSError as exc:
-            log.warning("could not rename %s after its input: %s", found.checkpoint_path, exc)
-            return found, journal, state
-        log.info("%s is renamed %s", found.checkpoint_path, config.checkpoint_path)
-    return config, journal, state
-
-
-def _renamed_input_checkpoint(config: RunConfig, fp: dict[str, Any]) -> RunConfig:
-    """The config with the checkpoint of this input under an earlier name, if there is one.
-
-    Only when the default checkpoint does not exist: the input's folder is searched
-    for default checkpoints of this dataset whose header holds this input's identity.
-    """
-    if config.checkpoint or config.input == "-" or os.path.exists(config.checkpoint_path):
-        return config
-    folder = os.path.dirname(config.input) or "."
-    found = matching_checkpoints(folder, config.checkpoint_suffix, fp)
-    if not found:
-        return config
-    if len(found) > 1:
-        raise CheckpointError(
-            f"several checkpoints in {folder} are for this input's content: "
-            f"{', '.join(found)}; pass --checkpoint with the one to resume"
-        )
-    earlier = os.path.basename(found[0]).removesuffix(config.checkpoint_suffix)
-    log.info("resuming from %s: %s is %s renamed (same content)", found[0], config.input, earlier)
-    # The rejects file belongs with the checkpoint: it moves along unless given.
-    return config.replace(checkpoint=found[0])
 
 
 class _Run:
@@ -172,13 +116,11 @@ class _Run:
         self.config = config
         self.api_key = api_key
         self.journal = journal
+        self.shutdown = Shutdown(stop)
         # A rejects file that cannot be written ends the run as a failure, after the
         # requests in flight; the journal keeps their done records.
-        journal.on_rejects_error = self._fail
+        journal.on_rejects_error = self.shutdown.fail
         self.state = state
-        self.requested_stop = stop  # the caller's; ours below is also set by a failure
-        self.stop = anyio.Event()
-        self.failure: IngestError | None = None
         self.passed_preflight = False
         self.progress = progress
         self.stats = RunStats(rows_skipped=state.delivered_rows + state.rejected_rows)
@@ -239,17 +181,23 @@ class _Run:
                     # would cancel the writer before it commits what is buffered.
                     try:
                         await self.journal.write(self._start_record())
-                        if await self._until_stop(lambda: self._preflight(client), grace=0.0):
+                        checked = await self.shutdown.guard(
+                            lambda: preflight(
+                                self._sender(client.append, None).call, client, self.config
+                            ),
+                            grace=0.0,
+                        )
+                        if checked:
                             self.passed_preflight = True
                             await self._stages(client)
-                        if self.failure is not None:
-                            raise self.failure
+                        if self.shutdown.failure is not None:
+                            raise self.shutdown.failure
                     except Exception as exc:
-                        failure = _first_ingest_error(exc)
+                        failure = first_ingest_error(exc)
                     finally:
                         self.journal.close()
             except Exception as exc:  # the writer failed: the checkpoint cannot be trusted
-                failure = failure or _first_ingest_error(exc)
+                failure = failure or first_ingest_error(exc)
         if failure is not None:
             if isinstance(failure, IngestError):
                 failure.summary = self.summary("failed", failure.exit_code, str(failure))
@@ -295,52 +243,11 @@ class _Run:
             journal=self.journal,
             policy=self._policy(),
             stats=self.stats,
-            describe=self._describe,
+            describe=lambda action, reply: refusal_message(action, reply, self.config),
             on_reject=self._note_reject,
             limiter=limiter,
             stopping=stopping,
         )
-
-    def _describe(self, action: Action, reply: Reply) -> str:
-        c = self.config
-        if action is Action.AUTH:
-            return (
-                f"the API refused the key in {API_KEY_ENV} ({reply.problem()}); check that it "
-                "is a valid Arize API key with access to this dataset's space"
-            )
-        if action is Action.NOT_FOUND:
-            version = f" (version {c.dataset_version_id!r})" if c.dataset_version_id else ""
-            return (
-                f"dataset {c.dataset_id!r}{version} was not found at {c.base_url} "
-                f"({reply.problem()}); check --dataset-id"
-            )
-        return f"the API refused the request ({reply.problem()})"
-
-    async def _preflight(self, client: DatasetsClient) -> None:
-        """One GET before reading anything: a wrong key or dataset fails here, after 1 request."""
-        reply = await self._sender(client.append, None).call(
-            client.get_dataset, "the preflight GET of the dataset"
-        )
-        if classify(reply.status) is not Action.DELIVERED:  # a 400/422: nothing can fix it
-            raise DeliveryError(
-                f"the API refused the preflight GET of the dataset ({reply.problem()})"
-            )
-        doc = reply.json()
-        if not (isinstance(doc, dict) and isinstance(doc.get("id"), str) and doc["id"]):
-            # A web front end answers 200 to anything: only the dataset itself passes.
-            raise BaseUrlError(
-                "the preflight GET of the dataset: "
-                + reply.not_the_api('the dataset as a JSON object with its "id"')
-            )
-        if self.config.dataset_version_id:
-            versions = doc.get("versions")
-            if isinstance(versions, list):
-                ids = {v.get("id") for v in versions if isinstance(v, dict)}
-                if self.config.dataset_version_id not in ids:
-                    raise DatasetNotFoundError(
-                        f"dataset {self.config.dataset_id!r} has no version "
-                        f"{self.config.dataset_version_id!r}; check --dataset-version-id"
-                    )
 
     async def _stages(self, client: DatasetsClient) -> None:
         c = self.config
@@ -356,7 +263,7 @@ class _Run:
             )
         )
         limiter = AsyncLimiter(1, 1 / c.rate) if c.rate else None
-        sender = self._sender(client.append, limiter, self.stop)
+        sender = self._sender(client.append, limiter, self.shutdown.event)
         chunks_tx, chunks_rx = anyio.create_memory_object_stream[Chunk](4)
         batches_tx, batches_rx = anyio.create_memory_object_stream[Batch](1)
         batcher = Batcher(
@@ -373,13 +280,13 @@ class _Run:
                 stages.start_soon(self._batch, batcher, chunks_rx, batches_tx)
                 async with batches_rx:
                     for _ in range(c.concurrency):
-                        stages.start_soon(sender.work, batches_rx.clone(), self._fail)
+                        stages.start_soon(sender.work, batches_rx.clone(), self.shutdown.fail)
 
         try:
             async with anyio.create_task_group() as side:
                 if self.progress:
                     side.start_soon(Progress(self.stats).run)
-                await self._until_stop(run_stages, grace=c.shutdown_grace)
+                await self.shutdown.guard(run_stages, grace=c.shutdown_grace)
                 side.cancel_scope.cancel()
         finally:
             source.close()
@@ -398,52 +305,15 @@ class _Run:
                 }
             )
 
-    async def _until_stop(self, work: Callable[[], Awaitable[None]], *, grace: float) -> bool:
-        """Run ``work``; after a stop request give it ``grace`` seconds, then cancel it.
-
-        Returns False when ``work`` was cut short.
-        """
-        cut = False
-        async with anyio.create_task_group() as tg:
-
-            async def forward() -> None:
-                await self.requested_stop.wait()
-                self.stop.set()
-
-            async def watch() -> None:
-                nonlocal cut
-                await self.stop.wait()
-                if grace:
-                    why = "after an error" if self.failure else "as asked"
-                    log.warning(
-                        "stopping %s: nothing new is sent; requests in flight get up to %.0fs",
-                        why,
-                        grace,
-                    )
-                    await anyio.sleep(grace)
-                cut = True
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(forward)
-            tg.start_soon(watch)
-            await work()
-            tg.cancel_scope.cancel()
-        return not cut
-
-    def _fail(self, exc: IngestError) -> None:
-        """Record the run's failure and wind down as for a stop: in-flight requests finish."""
-        if self.failure is None:
-            self.failure = exc
-        self.stop.set()
-
     async def _read(self, source: JsonlSource, out: ObjectSendStream[Chunk]) -> None:
         async with out:
-            while not self.stop.is_set():
+            while not self.shutdown.event.is_set():
                 try:
-                    chunk = await self._next_chunk(source)
+                    # A stalled stdin must not hold a stop: the read is abandoned.
+                    chunk = await self.shutdown.race(source.read_chunk)
                 except SourceError as exc:
                     # Not a stop: what was read before the damage is still delivered.
-                    self.failure = self.failure or exc
+                    self.shutdown.note(exc)
                     return
                 if chunk is None:
                     return  # a stop: nothing read is in flight, so leave at once
@@ -462,29 +332,6 @@ class _Run:
                         await out.send(chunk)
                     except anyio.BrokenResourceError:
                         return
-
-    async def _next_chunk(self, source: JsonlSource) -> Chunk | None:
-        """The next chunk, or None if a stop comes first (a stalled stdin must not hold it)."""
-        got: list[Chunk] = []
-        failed: list[SourceError] = []
-        async with anyio.create_task_group() as tg:
-
-            async def read() -> None:
-                try:
-                    got.append(await _in_daemon_thread(source.read_chunk))
-                except SourceError as exc:
-                    failed.append(exc)
-                tg.cancel_scope.cancel()
-
-            async def stop() -> None:
-                await self.stop.wait()
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(read)
-            tg.start_soon(stop)
-        if failed:
-            raise failed[0]
-        return got[0] if got else None
 
     def _note_reject(self, line: int, reason: str) -> None:
         """Count a rejected line; name the first few on stderr."""
@@ -507,66 +354,17 @@ class _Run:
         try:
             async with chunks, out:
                 async for chunk in chunks:
-                    if self.stop.is_set():
+                    if self.shutdown.event.is_set():
                         return
                     for batch in batcher.extend(chunk.rows, chunk.lines, chunk.ends, chunk.starts):
                         await out.send(batch)
-                if not self.stop.is_set() and (last := batcher.flush()) is not None:
+                if not self.shutdown.event.is_set() and (last := batcher.flush()) is not None:
                     await out.send(last)
         except anyio.BrokenResourceError:
             pass  # the workers stopped (a stop request): queued rows stay unsent
-
-
-async def _in_daemon_thread(work: Callable[[], T]) -> T:
-    """Run blocking ``work`` in a daemon thread.
-
-    Unlike ``anyio.to_thread``'s workers, a daemon thread left blocked (a read
-    from a stdin that never ends, abandoned on a stop) does not keep the
-    process from exiting.
-    """
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: T | None, error: BaseException | None) -> None:
-        if future.done():
-            return  # abandoned: nobody waits any more
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
-
-    def target() -> None:
-        try:
-            result, error = work(), None
-        except BaseException as exc:  # handed to the awaiting task
-            result, error = None, exc
-        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-            loop.call_soon_threadsafe(settle, result, error)
-
-    threading.Thread(target=target, name="ingest-reader", daemon=True).start()
-    return await future
 
 
 def _fingerprinted_size(fp: dict[str, Any] | None) -> int | None:
     """The input's size when its checkpoint was taken: reading must get that far."""
     size = (fp or {}).get("input", {}).get("size")
     return size if isinstance(size, int) else None
-
-
-def _first_ingest_error(exc: BaseException) -> BaseException:
-    """The error to report out of a task group's ``ExceptionGroup``: an IngestError first."""
-    if isinstance(exc, BaseExceptionGroup):
-        leaves = list(_leaves(exc))
-        for leaf in leaves:
-            if isinstance(leaf, IngestError):
-                return leaf
-        return leaves[0] if leaves else exc
-    return exc
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> Any:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            yield from _leaves(exc)
-        else:
-            yield exc

@@ -125,15 +125,12 @@ class Sender:
                     return
                 self.resolved += 1
 
-    async def deliver(self, batch: Batch, *, resends_unknown: bool = False) -> None:
-        """Deliver one batch, halving it while the server refuses rows in it or its size.
-
-        ``resends_unknown``: this batch sends again rows whose earlier outcome is unknown.
-        """
+    async def deliver(self, batch: Batch) -> None:
+        """Deliver one batch, halving it while the server refuses rows in it or its size."""
         if self._stopping.is_set():
             raise _Abandoned  # not sent yet: the resumed run sends it
         try:
-            reply = await self.post(batch, resends_unknown=resends_unknown)
+            reply = await self.post(batch)
             reason = f"refused by the server: {reply.problem()}"
         except _ServerErrorEveryTime as exc:
             reply, reason = exc.reply, self._server_error_reason(batch, exc)
@@ -150,9 +147,8 @@ class Sender:
             await self._journal.write(
                 {"t": "split", "seq": batch.seq, "part": batch.part}, durable=False
             )
-            unknown = classify(reply.status) is Action.RETRY_UNKNOWN
             first, second = batch.split()
-            await self.deliver(first, resends_unknown=unknown)
+            await self.deliver(first)
             await self.deliver(second)
         else:
             reject = Reject(
@@ -228,7 +224,7 @@ class Sender:
             durable=False,
         )
 
-    async def post(self, batch: Batch, *, resends_unknown: bool = False) -> Reply:
+    async def post(self, batch: Batch) -> Reply:
         """POST the batch until a 2xx or a refusal of its rows; raise when that cannot be."""
         body = batch.body()
 
@@ -256,7 +252,6 @@ class Sender:
             on_first_send=sending,
             on_unknown=unknown,
             split_after_500s=2 if len(batch.rows) > 1 else None,
-            resends_unknown=resends_unknown,
             reject_row_errors=len(batch.rows) == 1,
         )
 
@@ -268,7 +263,6 @@ class Sender:
         on_first_send: Callable[[], Awaitable[None]] | None = None,
         on_unknown: Callable[[str], Awaitable[None]] | None = None,
         split_after_500s: int | None = None,
-        resends_unknown: bool = False,
         reject_row_errors: bool = False,
     ) -> Reply:
         """Make ``request`` until it answers 2xx or refuses the rows, within the retry bounds.
@@ -287,9 +281,9 @@ class Sender:
         attempts = throttled = fives = row_errors = 0
         last_row_error: Reply | None = None
         started = self._clock()
-        # Retries and resent unknown outcomes count once the request really goes out.
+        # A retry counts once the request really goes out. (Resent unknown outcomes are
+        # counted by the journal, which sees every run's.)
         owed_retry: str | None = None
-        owed_unknown = resends_unknown
         while True:
             await self._ready()
             if on_first_send is not None:
@@ -297,8 +291,7 @@ class Sender:
                 on_first_send = None
             if owed_retry is not None:
                 self._stats.retries[_bucket(owed_retry)] += 1
-            self._stats.unknown_resent += owed_unknown
-            owed_retry, owed_unknown = None, False
+            owed_retry = None
             self._stats.requests += 1
             reply, action, cause = await self._attempt(request)
             if action in (Action.DELIVERED, Action.SPLIT):
@@ -333,7 +326,7 @@ class Sender:
                     f"{what} did not succeed after {attempts} attempts in {elapsed:.0f}s "
                     f"(last: {cause}, next wait {wait:.0f}s); re-run the same command to resume"
                 )
-            owed_retry, owed_unknown = cause, unknown
+            owed_retry = cause
             log.debug("%s: %s; retrying in %.2fs", what, cause, wait)
             if action is not Action.RATE_LIMITED:
                 await self._pause(wait)

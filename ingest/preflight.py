@@ -1,0 +1,59 @@
+"""Preflight: one GET of the dataset before any input is read.
+
+Takes the retrying caller and the client; gives back nothing, or raises: a
+refused key (401/403), an unknown dataset or version (404), or a base URL that
+does not lead to the API (a redirect, a 2xx that is not the dataset's JSON)
+fails the run here, after one request, before a row is sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from ingest.client import DatasetsClient, Reply
+from ingest.config import API_KEY_ENV, RunConfig
+from ingest.errors import BaseUrlError, DatasetNotFoundError, DeliveryError
+from ingest.retry import Action, classify
+
+# The sender's retrying call: (request, what) -> the reply that ends the retries.
+Call = Callable[[Callable[[], Awaitable[Reply]], str], Awaitable[Reply]]
+
+
+def refusal_message(action: Action, reply: Reply, config: RunConfig) -> str:
+    """What a refusal retrying cannot fix means, in words naming what to check."""
+    c = config
+    if action is Action.AUTH:
+        return (
+            f"the API refused the key in {API_KEY_ENV} ({reply.problem()}); check that it "
+            "is a valid Arize API key with access to this dataset's space"
+        )
+    if action is Action.NOT_FOUND:
+        version = f" (version {c.dataset_version_id!r})" if c.dataset_version_id else ""
+        return (
+            f"dataset {c.dataset_id!r}{version} was not found at {c.base_url} "
+            f"({reply.problem()}); check --dataset-id"
+        )
+    return f"the API refused the request ({reply.problem()})"
+
+
+async def preflight(call: Call, client: DatasetsClient, config: RunConfig) -> None:
+    """One GET before reading anything: a wrong key or dataset fails here, after 1 request."""
+    reply = await call(client.get_dataset, "the preflight GET of the dataset")
+    if classify(reply.status) is not Action.DELIVERED:  # a 400/422: nothing can fix it
+        raise DeliveryError(f"the API refused the preflight GET of the dataset ({reply.problem()})")
+    doc = reply.json()
+    if not (isinstance(doc, dict) and isinstance(doc.get("id"), str) and doc["id"]):
+        # A web front end answers 200 to anything: only the dataset itself passes.
+        raise BaseUrlError(
+            "the preflight GET of the dataset: "
+            + reply.not_the_api('the dataset as a JSON object with its "id"')
+        )
+    if config.dataset_version_id:
+        versions = doc.get("versions")
+        if isinstance(versions, list):
+            ids = {v.get("id") for v in versions if isinstance(v, dict)}
+            if config.dataset_version_id not in ids:
+                raise DatasetNotFoundError(
+                    f"dataset {config.dataset_id!r} has no version "
+                    f"{config.dataset_version_id!r}; check --dataset-version-id"
+                )
