@@ -127,9 +127,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return fake_main(argv[1:])
     args = _parser(json_wanted="--json" in argv).parse_args(argv)
-    if args.command == "status":
-        return _status(args)
-    return _run(args)
+    try:
+        return _status(args) if args.command == "status" else _run(args)
+    except BrokenPipeError:
+        # stdout went away (`ingest ... | head`): not an error of ours. Point it at
+        # /dev/null so the interpreter's own flush at exit does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -21,6 +21,8 @@ import orjson
 import pytest
 from aiohttp import web
 
+from ingest.checkpoint import CheckpointJournal
+from ingest.identity import fingerprint
 from ingest.redact import redact
 
 KEY = "sk-live/0123456789+abcdef"
@@ -139,6 +141,28 @@ def test_redact_leaves_no_start_of_the_key_at_a_cut() -> None:
     assert redact("y" * 195 + "Bearer " + KEY, KEY, limit=200) == "y" * 195 + "Beare"
     assert redact("x" * 196 + KEY[:5], KEY, limit=200) == "x" * 196
     assert redact(f"{KEY} {quote(KEY, safe='')}", KEY) == "[redacted] [redacted]"
-    odd = "k\\e\"y's"
+    odd = "k\\e\"y's-long"
     quoted = f"{odd} {orjson.dumps(odd).decode()} {odd!r} {quote(odd, safe='')}"
     assert redact(quoted, odd) == "[redacted] \"[redacted]\" '[redacted]' [redacted]"
+
+
+def test_a_short_test_key_does_not_blank_ordinary_words() -> None:
+    """A key too short to be a real one (a test value like "k") leaves messages readable."""
+    assert (
+        redact("resuming from a.jsonl.ingest-1.ckpt", "k") == "resuming from a.jsonl.ingest-1.ckpt"
+    )
+    assert redact("Bearer s3cret-key-value", "s3cret-key-value") == "Bearer [redacted]"
+
+
+def test_a_closed_stdout_is_not_a_traceback(tmp_path: Path) -> None:
+    """`ingest status ... | true` ends quietly when the pipe's reader is gone, no traceback."""
+    (tmp_path / "rows.jsonl").write_bytes(b'{"a": 1}\n')
+    fp = fingerprint(str(tmp_path / "rows.jsonl"), "ds", None)
+    journal, _ = CheckpointJournal.open(
+        str(tmp_path / "run.ckpt"), fp, rejects_path=str(tmp_path / "rejects.jsonl")
+    )
+    journal.release()
+    # `true` exits at once, so ingest writes its report into a pipe nobody reads.
+    script = f'"{sys.executable}" -m ingest status --checkpoint "{tmp_path / "run.ckpt"}" | true'
+    done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in done.stderr, done.stderr
