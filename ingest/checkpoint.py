@@ -105,6 +105,11 @@ class CheckpointJournal:
         ``input_path`` only names the input in messages.
         """
         RejectsFile(rejects_path).check()  # before the checkpoint exists, let alone a request
+        if os.path.exists(path) and not os.path.isfile(path):
+            # A device or a FIFO (/dev/full, /dev/null) cannot hold a journal to resume from.
+            raise CheckpointError(
+                f"{path}: a checkpoint must be a regular file; pass --checkpoint PATH of a file"
+            )
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:

@@ -42,6 +42,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse, except that a usage error still gives ``--json`` its one object on stdout."""
 
     def __init__(self, *args: Any, json_wanted: bool = False, **kwargs: Any) -> None:
+        # No abbreviations: `--jso` would pass for --json unseen by the usage-error path.
+        kwargs["allow_abbrev"] = False
         super().__init__(*args, **kwargs)
         self.json_wanted = json_wanted
 
@@ -176,6 +178,8 @@ def _run(args: argparse.Namespace) -> int:
     except Exception:
         sys.stderr.write(redact(traceback.format_exc(), api_key))
         print("ingest: unexpected error (a bug: please report it)", file=sys.stderr)  # noqa: T201
+        if args.json:  # a scheduler still gets one object on stdout
+            _print_failed(IngestError("unexpected error (a bug: please report it)"), api_key)
         return 1
     _print_summary(summary, args.json, api_key)
     return summary.exit_code
@@ -208,8 +212,13 @@ async def _upload_with_signals(config: Any, as_json: bool) -> Summary:
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+def _stop_signals() -> list[signal.Signals]:
+    """The stop signals, less those the parent set to be ignored (``nohup`` ignores SIGHUP)."""
+    return [s for s in _STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN]
+
+
 async def _watch_signals(stop: anyio.Event, as_json: bool) -> None:
-    with anyio.open_signal_receiver(*_STOP_SIGNALS) as signals:
+    with anyio.open_signal_receiver(*_stop_signals()) as signals:
         async for signum in signals:
             if stop.is_set():
                 # The journal is fsynced record by record and a torn line is dropped on

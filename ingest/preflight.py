@@ -29,9 +29,16 @@ def refusal_message(action: Action, reply: Reply, config: RunConfig) -> str:
         )
     if action is Action.NOT_FOUND:
         version = f" (version {c.dataset_version_id!r})" if c.dataset_version_id else ""
+        # The API's 404 is problem+json; a bare one comes from something else at that URL.
+        doc = reply.json()
+        elsewhere = (
+            ""
+            if isinstance(doc, dict) and ("title" in doc or "detail" in doc)
+            else f", or --base-url: the answer is not the API's, and {c.base_url} may not be it"
+        )
         return (
             f"dataset {c.dataset_id!r}{version} was not found at {c.base_url} "
-            f"({reply.problem()}); check --dataset-id"
+            f"({reply.problem()}); check --dataset-id{elsewhere}"
         )
     return f"the API refused the request ({reply.problem()})"
 

@@ -153,16 +153,23 @@ class Progress:
         )
 
     async def run(self) -> None:
-        """Report until cancelled."""
+        """Report until cancelled. A terminal that goes away ends the drawing, not the run."""
         try:
             while True:
                 await anyio.sleep(0.5 if self.live else self.log_every)
                 if self.live:
-                    self.stream.write("\r\x1b[K" + self.line())
-                    self.stream.flush()
+                    self._draw("\r\x1b[K" + self.line())
                 else:
                     log.info("progress: %s", self.line())
         finally:
             if self.live:
-                self.stream.write("\r\x1b[K")
-                self.stream.flush()
+                self._draw("\r\x1b[K")
+
+    def _draw(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except OSError:
+            # The terminal hung up (an ssh disconnect: EIO): the run winds down on the
+            # SIGHUP that comes with it, and must not fail on the line it cannot draw.
+            self.live = False

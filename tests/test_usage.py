@@ -19,6 +19,7 @@ from fakeproc import fake_process
 from test_cli import DATASET, KEY, ingest_cmd, list_all, run_ingest, start_until_done, write_rows
 
 import ingest
+from ingest.checkpoint import read_journal
 
 
 def test_a_bad_flag_value_still_prints_the_json_object(tmp_path: Path) -> None:
@@ -151,3 +152,73 @@ def test_dev_stdin_is_read_as_stdin_with_its_checkpoint_in_the_working_folder(
         assert done.returncode == 0, done.stderr
         assert len(list(list_all(url, DATASET))) == 300
     assert [p.name for p in tmp_path.glob("stdin.ingest-*.ckpt")], list(tmp_path.iterdir())
+
+
+def test_nohup_keeps_the_run_going_through_a_hangup(tmp_path: Path) -> None:
+    """Under nohup (SIGHUP ignored) a SIGHUP does not stop the run: it completes."""
+    write_rows(tmp_path / "rows.jsonl", 2000)
+    with fake_process("--api-key", KEY, "--dataset", DATASET, "--latency", "0.05") as (url, _):
+        cmd = ingest_cmd(tmp_path, url, "--batch-rows", "100", "--concurrency", "2")
+        proc = subprocess.Popen(
+            ["nohup", *cmd],
+            env={**os.environ, "ARIZE_API_KEY": KEY},
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            ckpt = tmp_path / "run.ckpt"
+            if ckpt.exists() and read_journal(str(ckpt)).done_batches >= 2:
+                break
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGHUP)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert len(list(list_all(url, DATASET))) == 2000
+
+
+def test_an_abbreviated_flag_is_refused_not_guessed(tmp_path: Path) -> None:
+    """`--jso` is an unknown flag (exit 2), not a silent --json that the usage path misses."""
+    done = run_ingest(ingest_cmd(tmp_path, "http://127.0.0.1:9", "--jso"))
+    assert done.returncode == 2
+    assert "unrecognized arguments: --jso" in done.stderr
+
+
+def test_a_device_as_checkpoint_is_a_clear_error_with_its_json_object(tmp_path: Path) -> None:
+    """`--checkpoint /dev/full` exits 2: a checkpoint must be a file; --json gets its object."""
+    write_rows(tmp_path / "rows.jsonl", 3)
+    cmd = ingest_cmd(tmp_path, "http://127.0.0.1:9", "--json")
+    cmd[cmd.index("--checkpoint") + 1] = "/dev/full"
+    done = run_ingest(cmd)
+    assert done.returncode == 2, done.stderr
+    assert "must be a regular file" in orjson.loads(done.stdout)["message"]
+    assert "Traceback" not in done.stderr
+
+
+async def test_a_bare_404_points_at_the_base_url_too(tmp_path: Path) -> None:
+    """A 404 that is not the API's problem+json says --base-url may be wrong, not only the id."""
+    from aiohttp import web
+
+    async def not_found(request: web.Request) -> web.Response:
+        return web.Response(status=404, text="<html>Not Found</html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", not_found)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    write_rows(tmp_path / "rows.jsonl", 3)
+    try:
+        with pytest.raises(ingest.DatasetNotFoundError, match="or --base-url"):
+            await ingest.upload(
+                api_key=KEY,
+                input=str(tmp_path / "rows.jsonl"),
+                dataset_id=DATASET,
+                base_url=f"http://127.0.0.1:{port}/api",
+            )
+    finally:
+        await runner.cleanup()
