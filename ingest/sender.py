@@ -187,13 +187,9 @@ class Sender:
         """
         doc = reply.json()
         ids = doc.get("example_ids") if isinstance(doc, dict) else None
-        rows = len(batch.rows)
-        if isinstance(ids, list) and len(ids) == rows:
+        got = _ids_problem(ids, len(batch.rows)) if isinstance(doc, dict) else None
+        if isinstance(ids, list) and got is None:
             return ids
-        if isinstance(ids, list):
-            got: str | None = f"{len(ids)} example_ids for {rows} rows"
-        else:
-            got = "JSON without example_ids" if isinstance(doc, dict) else None
         await self._journal.write(
             {
                 "t": "unknown",
@@ -402,6 +398,37 @@ class Sender:
         if action is Action.NOT_FOUND:
             return DatasetNotFoundError(message)
         return DeliveryError(message)
+
+
+def _is_id(value: Any) -> bool:
+    """Whether ``value`` can be an example id: a non-empty string, or an integer (not a bool)."""
+    if isinstance(value, str):
+        return value != ""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _ids_problem(ids: Any, rows: int) -> str | None:
+    """What is wrong with the ``example_ids`` of a 2xx for ``rows`` rows, in words; None if fine.
+
+    Only one distinct id per row proves the rows were stored: a null, an empty
+    string or an object in their place, or one id given twice, is a reply that
+    some other software made up, and counting it delivered would lose rows.
+    """
+    if ids is None:
+        return "JSON without example_ids"
+    if not isinstance(ids, list):
+        kind = {str: "a string", dict: "an object", bool: "a boolean"}.get(type(ids), "a number")
+        return f"JSON whose example_ids is {kind}, not a list"
+    if len(ids) != rows:
+        return f"{len(ids)} example_ids for {rows} rows"
+    if bad := sum(not _is_id(i) for i in ids):
+        return (
+            f"JSON in which {bad} of {rows} example_ids are not ids "
+            "(an id is a non-empty string or an integer)"
+        )
+    if len(set(ids)) != rows:
+        return f"JSON whose example_ids repeat ({len(set(ids))} distinct for {rows} rows)"
+    return None
 
 
 def _bucket(cause: str) -> str:
