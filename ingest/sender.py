@@ -37,6 +37,7 @@ from ingest.errors import (
     DeliveryError,
     RetriesExhaustedError,
 )
+from ingest.replay import SERVER_ERROR_REASON
 from ingest.report import RunStats
 from ingest.retry import (
     ROW_ERROR_STATUSES,
@@ -91,6 +92,7 @@ class Sender:
         gate: PauseGate | None = None,
         stopping: anyio.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
+        server_error_rejects: int = 0,
     ) -> None:
         self._append = append
         self._journal = journal
@@ -102,7 +104,9 @@ class Sender:
         self._gate = gate or PauseGate(clock)
         self._stopping = stopping or anyio.Event()
         self._clock = clock
-        self._server_error_rejects = 0  # since the last delivered batch
+        # Since the last delivered batch, earlier runs included (the journal's count).
+        self._server_error_rejects = server_error_rejects
+        self._server_error_rejects_before = server_error_rejects
         self.resolved = 0  # batches taken from the stream and settled
 
     async def work(
@@ -135,7 +139,7 @@ class Sender:
         except _ServerErrorEveryTime as exc:
             reply, reason = exc.reply, self._server_error_reason(batch, exc)
         if classify(reply.status) is Action.DELIVERED:
-            self._server_error_rejects = 0
+            self._server_error_rejects = self._server_error_rejects_before = 0
             await self._done(batch, len(batch.rows), await self._example_ids(batch, reply))
             self._stats.rows_delivered += len(batch.rows)
             self._stats.batches += 1
@@ -165,16 +169,19 @@ class Sender:
     def _server_error_reason(self, batch: Batch, exc: _ServerErrorEveryTime) -> str:
         """The reject reason for a row the server failed on; raises if that looks like an outage."""
         if self._server_error_rejects >= _SERVER_ERROR_REJECTS_IN_A_ROW:
+            before = self._server_error_rejects_before
+            runs = f" ({before} of them by earlier runs)" if before else ""
             raise RetriesExhaustedError(
                 f"{batch.name}: {exc.reply.problem()} on every attempt, after "
-                f"{self._server_error_rejects} rows in a row rejected the same way with nothing "
-                "delivered between: the server looks broken rather than failing on those rows. "
+                f"{self._server_error_rejects} rows in a row{runs} rejected the same way with "
+                "nothing delivered between: the server looks broken rather than failing on "
+                "those rows. "
                 "Re-run the same command to resume once it is healthy (the rejected rows are in "
                 "the rejects file)"
             )
         self._server_error_rejects += 1
         return (
-            f"server error: {exc.reply.problem()}, on every one of {exc.attempts} attempts "
+            f"{SERVER_ERROR_REASON}{exc.reply.problem()}, on every one of {exc.attempts} attempts "
             "(the row may or may not be stored)"
         )
 
