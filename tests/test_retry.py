@@ -62,6 +62,14 @@ def test_throttled_waits_never_drop_below_the_floor() -> None:
     assert RetryPolicy(base=0.5, rng=lambda: 1.0).throttled(3, None) == 4.0
 
 
+def test_a_tiny_backoff_base_does_not_lower_the_throttled_floor() -> None:
+    """A backoff_base near 0 still leaves a throttled wait and its jitter a fixed minimum."""
+    policy = RetryPolicy(base=0.0001, rng=lambda: 0.0)
+    assert policy.throttled(1, 0.0) == 0.1
+    assert policy.throttled(5, None) == 0.1
+    assert RetryPolicy(base=0.0001, rng=lambda: 0.5).jitter() == 0.05
+
+
 def test_jitter_spreads_workers_over_the_floor() -> None:
     """Each worker's extra wait after a shared pause is a fraction of base, drawn from rng."""
     assert RetryPolicy(base=0.5, rng=lambda: 0.5).jitter() == 0.25

@@ -37,10 +37,11 @@ def run_settings(url: str, tmp_path: Path, **kw: Any) -> dict[str, Any]:
     return {**base, **kw}
 
 
-async def test_retry_after_zero_is_not_a_hot_loop(tmp_path: Path) -> None:
-    """Against 429 + Retry-After: 0 with no --rate, requests stay paced by the backoff floor."""
+@pytest.mark.parametrize("base", [0.1, 0.0001], ids=["base", "tiny-base"])
+async def test_retry_after_zero_is_not_a_hot_loop(tmp_path: Path, base: float) -> None:
+    """Against 429 + Retry-After: 0 with no --rate, requests stay paced, however small the base."""
     async with scripted_server(always_429_now) as server:
-        run = run_settings(server.url, tmp_path, backoff_base=0.1, max_retry_seconds=1.5)
+        run = run_settings(server.url, tmp_path, backoff_base=base, max_retry_seconds=1.5)
         with anyio.fail_after(30), pytest.raises(ingest.RetriesExhaustedError):
             await ingest.upload(api_key=KEY, **run)
     first = server.posts[0]
