@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import anyio
 
+# Seconds: the longest one throttled wait lasts (a later 429 asks again). The
+# server's own figure is kept for messages; only the wait is capped.
 _MAX_RETRY_AFTER = 3600.0
 # Seconds: the least a throttled retry waits, whatever ``backoff_base`` is set to.
 MIN_THROTTLED_WAIT = 0.1
@@ -73,7 +75,11 @@ def classify(status: int) -> Action:
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date), if valid."""
+    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date), if valid.
+
+    The server's figure, uncapped (``RetryPolicy.throttled`` caps the wait itself),
+    so that a message can say what the server asked for.
+    """
     if not value:
         return None
     value = value.strip()
@@ -87,9 +93,9 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         if when.tzinfo is None:
             return None
         seconds = when.timestamp() - (time.time() if now is None else now)
-    if math.isnan(seconds):
+    if not math.isfinite(seconds):
         return None
-    return min(max(seconds, 0.0), _MAX_RETRY_AFTER)
+    return max(seconds, 0.0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -116,9 +122,10 @@ class RetryPolicy:
         """The shared pause after 429 number ``attempt``: ``Retry-After`` or the backoff, floored.
 
         The floor is ``throttle_floor``: a server asking for no wait still gets one.
+        A ``Retry-After`` over an hour is waited an hour, then the next 429 tells again.
         """
-        wait = retry_after if retry_after is not None else self.backoff(attempt)
-        return max(wait, self.throttle_floor)
+        wait = min(retry_after, _MAX_RETRY_AFTER) if retry_after is not None else None
+        return max(self.backoff(attempt) if wait is None else wait, self.throttle_floor)
 
     @property
     def throttle_floor(self) -> float:

@@ -283,6 +283,7 @@ class Sender:
         """
         attempts = throttled = fives = row_errors = 0
         last_row_error: Reply | None = None
+        after: float | None = None  # what the last 429 asked for
         started = self._clock()
         # A retry counts once the request really goes out. (Resent unknown outcomes are
         # counted by the journal, which sees every run's.)
@@ -320,19 +321,47 @@ class Sender:
             else:
                 attempts += 1
                 wait = self._policy.backoff(attempts)
+                after = None
             elapsed = self._clock() - started
             if self._policy.gives_up(attempts=attempts, elapsed=elapsed, wait=wait):
                 # 429s are not attempts: a row error on each attempt is the row's doing.
                 if reject_row_errors and last_row_error is not None and row_errors == attempts:
                     raise _ServerErrorEveryTime(last_row_error, attempts)
                 raise RetriesExhaustedError(
-                    f"{what} did not succeed after {attempts} attempts in {elapsed:.0f}s "
-                    f"(last: {cause}, next wait {wait:.0f}s); re-run the same command to resume"
+                    self._exhausted(what, attempts, throttled, elapsed, cause, wait, after)
                 )
             owed_retry = cause
             log.debug("%s: %s; retrying in %.2fs", what, cause, wait)
             if action is not Action.RATE_LIMITED:
                 await self._pause(wait)
+
+    def _exhausted(
+        self,
+        what: str,
+        attempts: int,
+        throttled: int,
+        elapsed: float,
+        cause: str,
+        wait: float,
+        asked: float | None,
+    ) -> str:
+        """Why retrying ``what`` stops, and what the user can do about it."""
+        budget = self._policy.max_seconds
+        if asked is not None and elapsed + wait > budget:
+            # The server's own Retry-After is what outlasts the budget: say so, in its figure.
+            left = max(budget - elapsed, 0.0)
+            return (
+                f"{what}: the server is throttling (HTTP 429) and asked to wait {_secs(asked)} "
+                f"(Retry-After), more than the {_secs(left)} left of the {_secs(budget)} "
+                "retry budget (max_retry_seconds): raise --max-retry-seconds, or re-run the same "
+                "command later to resume"
+            )
+        tries = [f"{attempts} attempts"] if attempts else []
+        tries += [f"{throttled} requests throttled (HTTP 429)"] if throttled else []
+        return (
+            f"{what} did not succeed after {' and '.join(tries)} in {elapsed:.0f}s "
+            f"(last: {cause}, next wait {wait:.0f}s); re-run the same command to resume"
+        )
 
     async def _ready(self) -> None:
         """Wait for the 429 pause to lift and for a slot from the rate limiter.
@@ -436,6 +465,11 @@ def _ids_problem(ids: Any, rows: int) -> str | None:
     if len(set(ids)) != rows:
         return f"JSON whose example_ids repeat ({len(set(ids))} distinct for {rows} rows)"
     return None
+
+
+def _secs(seconds: float) -> str:
+    """A duration for a message: whole seconds, or tenths under ten."""
+    return f"{seconds:.0f}s" if seconds >= 10 else f"{seconds:.1f}s"
 
 
 def _bucket(cause: str) -> str:
