@@ -247,6 +247,7 @@ class _Run:
             on_reject=self._note_reject,
             limiter=limiter,
             stopping=stopping,
+            server_error_rejects=self.state.server_error_streak,
         )
 
     async def _stages(self, client: DatasetsClient) -> None:

@@ -18,6 +18,8 @@ import orjson
 
 from ingest.errors import CheckpointError
 
+# How a reject reason for a row the server failed on (HTTP 500 on every attempt) begins.
+SERVER_ERROR_REASON = "server error: "
 JOURNAL_VERSION = 2  # 2: the input's mtime and sampled blocks join its identity
 _READABLE_VERSIONS = (1, 2)
 T = TypeVar("T")
@@ -94,6 +96,10 @@ class JournalState:
     next_seq: int = 0
     attempts: int = 0
     in_flight: list[dict[str, Any]] = field(default_factory=list)
+    # Rows rejected for server errors since the last delivery, across runs: the
+    # sender's guard against a broken server starts from it, or every re-run of
+    # a server that 500s on everything would reject a few more good rows.
+    server_error_streak: int = 0
     finished: dict[str, Any] | None = None
     # Per run, in order: unknown outcomes it resent, and batches it resent as in flight.
     runs: list[RunResends] = field(default_factory=list)
@@ -135,6 +141,8 @@ class JournalState:
             start, end = rec["bytes"]
             self.covered.add(line, line, start, end)
             self.rejected_rows += 1
+            if str(rec.get("reason", "")).startswith(SERVER_ERROR_REASON):
+                self.server_error_streak += 1
         elif kind == "sending":
             sending[(rec["seq"], rec["part"])] = rec
             self.next_seq = max(self.next_seq, rec["seq"] + 1)
@@ -153,6 +161,8 @@ class JournalState:
             self.covered.add(first, last, start, end)
             self.delivered_rows += rec["rows"]
             self.done_batches += 1
+            if rec["rows"] > 0:  # a reject's own done record has 0 rows
+                self.server_error_streak = 0
         elif kind == "finished":
             self.finished = rec
 

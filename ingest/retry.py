@@ -5,11 +5,14 @@ use exponential backoff with full jitter, or the server's ``Retry-After``.
 ``PauseGate`` is the one pause all workers share after a 429: aiolimiter paces
 requests but has no way to stop them, so the gate sits in front of it.
 
-A throttled retry (429) never waits less than the backoff floor ``base``,
-whatever ``Retry-After`` says: a ``Retry-After: 0`` honoured literally is a
-hot loop of hundreds of requests a second. After the shared pause lifts, each
-worker also waits its own ``jitter()`` (uniform in ``[0, base)``), so the
-workers do not all hit the server in the same instant.
+A throttled retry (429) never waits less than the floor ``throttle_floor``
+(``base``, but at least ``MIN_THROTTLED_WAIT``), whatever ``Retry-After``
+says: a ``Retry-After: 0`` honoured literally is a hot loop of hundreds of
+requests a second. The fixed minimum is there because ``base`` is the user's
+to set, and a tiny one (0.0001, fine for backoff after a 5xx) would bring the
+hot loop back. After the shared pause lifts, each worker also waits its own
+``jitter()`` (uniform in ``[0, throttle_floor)``), so the workers do not all
+hit the server in the same instant.
 """
 
 from __future__ import annotations
@@ -24,7 +27,11 @@ from dataclasses import dataclass
 
 import anyio
 
+# Seconds: the longest one throttled wait lasts (a later 429 asks again). The
+# server's own figure is kept for messages; only the wait is capped.
 _MAX_RETRY_AFTER = 3600.0
+# Seconds: the least a throttled retry waits, whatever ``backoff_base`` is set to.
+MIN_THROTTLED_WAIT = 0.1
 
 
 class Action(enum.Enum):
@@ -68,7 +75,11 @@ def classify(status: int) -> Action:
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date), if valid."""
+    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date), if valid.
+
+    The server's figure, uncapped (``RetryPolicy.throttled`` caps the wait itself),
+    so that a message can say what the server asked for.
+    """
     if not value:
         return None
     value = value.strip()
@@ -82,9 +93,9 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         if when.tzinfo is None:
             return None
         seconds = when.timestamp() - (time.time() if now is None else now)
-    if math.isnan(seconds):
+    if not math.isfinite(seconds):
         return None
-    return min(max(seconds, 0.0), _MAX_RETRY_AFTER)
+    return max(seconds, 0.0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,14 +121,20 @@ class RetryPolicy:
     def throttled(self, attempt: int, retry_after: float | None) -> float:
         """The shared pause after 429 number ``attempt``: ``Retry-After`` or the backoff, floored.
 
-        The floor is ``base``: a server asking for no wait still gets one.
+        The floor is ``throttle_floor``: a server asking for no wait still gets one.
+        A ``Retry-After`` over an hour is waited an hour, then the next 429 tells again.
         """
-        wait = retry_after if retry_after is not None else self.backoff(attempt)
-        return max(wait, self.base)
+        wait = min(retry_after, _MAX_RETRY_AFTER) if retry_after is not None else None
+        return max(self.backoff(attempt) if wait is None else wait, self.throttle_floor)
+
+    @property
+    def throttle_floor(self) -> float:
+        """The least a throttled retry waits: ``base``, never under ``MIN_THROTTLED_WAIT``."""
+        return max(self.base, MIN_THROTTLED_WAIT)
 
     def jitter(self) -> float:
         """A worker's own delay after a shared pause lifts, so workers do not stampede."""
-        return self.base * self.rng()
+        return self.throttle_floor * self.rng()
 
     def gives_up(self, *, attempts: int, elapsed: float, wait: float) -> bool:
         """Whether another try, after ``wait`` more seconds, would break the bounds."""

@@ -37,6 +37,7 @@ from ingest.errors import (
     DeliveryError,
     RetriesExhaustedError,
 )
+from ingest.replay import SERVER_ERROR_REASON
 from ingest.report import RunStats
 from ingest.retry import (
     ROW_ERROR_STATUSES,
@@ -91,6 +92,7 @@ class Sender:
         gate: PauseGate | None = None,
         stopping: anyio.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
+        server_error_rejects: int = 0,
     ) -> None:
         self._append = append
         self._journal = journal
@@ -102,7 +104,9 @@ class Sender:
         self._gate = gate or PauseGate(clock)
         self._stopping = stopping or anyio.Event()
         self._clock = clock
-        self._server_error_rejects = 0  # since the last delivered batch
+        # Since the last delivered batch, earlier runs included (the journal's count).
+        self._server_error_rejects = server_error_rejects
+        self._server_error_rejects_before = server_error_rejects
         self.resolved = 0  # batches taken from the stream and settled
 
     async def work(
@@ -135,7 +139,7 @@ class Sender:
         except _ServerErrorEveryTime as exc:
             reply, reason = exc.reply, self._server_error_reason(batch, exc)
         if classify(reply.status) is Action.DELIVERED:
-            self._server_error_rejects = 0
+            self._server_error_rejects = self._server_error_rejects_before = 0
             await self._done(batch, len(batch.rows), await self._example_ids(batch, reply))
             self._stats.rows_delivered += len(batch.rows)
             self._stats.batches += 1
@@ -165,16 +169,19 @@ class Sender:
     def _server_error_reason(self, batch: Batch, exc: _ServerErrorEveryTime) -> str:
         """The reject reason for a row the server failed on; raises if that looks like an outage."""
         if self._server_error_rejects >= _SERVER_ERROR_REJECTS_IN_A_ROW:
+            before = self._server_error_rejects_before
+            runs = f" ({before} of them by earlier runs)" if before else ""
             raise RetriesExhaustedError(
                 f"{batch.name}: {exc.reply.problem()} on every attempt, after "
-                f"{self._server_error_rejects} rows in a row rejected the same way with nothing "
-                "delivered between: the server looks broken rather than failing on those rows. "
+                f"{self._server_error_rejects} rows in a row{runs} rejected the same way with "
+                "nothing delivered between: the server looks broken rather than failing on "
+                "those rows. "
                 "Re-run the same command to resume once it is healthy (the rejected rows are in "
                 "the rejects file)"
             )
         self._server_error_rejects += 1
         return (
-            f"server error: {exc.reply.problem()}, on every one of {exc.attempts} attempts "
+            f"{SERVER_ERROR_REASON}{exc.reply.problem()}, on every one of {exc.attempts} attempts "
             "(the row may or may not be stored)"
         )
 
@@ -187,13 +194,9 @@ class Sender:
         """
         doc = reply.json()
         ids = doc.get("example_ids") if isinstance(doc, dict) else None
-        rows = len(batch.rows)
-        if isinstance(ids, list) and len(ids) == rows:
+        got = _ids_problem(ids, len(batch.rows)) if isinstance(doc, dict) else None
+        if isinstance(ids, list) and got is None:
             return ids
-        if isinstance(ids, list):
-            got: str | None = f"{len(ids)} example_ids for {rows} rows"
-        else:
-            got = "JSON without example_ids" if isinstance(doc, dict) else None
         await self._journal.write(
             {
                 "t": "unknown",
@@ -280,6 +283,7 @@ class Sender:
         """
         attempts = throttled = fives = row_errors = 0
         last_row_error: Reply | None = None
+        after: float | None = None  # what the last 429 asked for
         started = self._clock()
         # A retry counts once the request really goes out. (Resent unknown outcomes are
         # counted by the journal, which sees every run's.)
@@ -317,19 +321,47 @@ class Sender:
             else:
                 attempts += 1
                 wait = self._policy.backoff(attempts)
+                after = None
             elapsed = self._clock() - started
             if self._policy.gives_up(attempts=attempts, elapsed=elapsed, wait=wait):
                 # 429s are not attempts: a row error on each attempt is the row's doing.
                 if reject_row_errors and last_row_error is not None and row_errors == attempts:
                     raise _ServerErrorEveryTime(last_row_error, attempts)
                 raise RetriesExhaustedError(
-                    f"{what} did not succeed after {attempts} attempts in {elapsed:.0f}s "
-                    f"(last: {cause}, next wait {wait:.0f}s); re-run the same command to resume"
+                    self._exhausted(what, attempts, throttled, elapsed, cause, wait, after)
                 )
             owed_retry = cause
             log.debug("%s: %s; retrying in %.2fs", what, cause, wait)
             if action is not Action.RATE_LIMITED:
                 await self._pause(wait)
+
+    def _exhausted(
+        self,
+        what: str,
+        attempts: int,
+        throttled: int,
+        elapsed: float,
+        cause: str,
+        wait: float,
+        asked: float | None,
+    ) -> str:
+        """Why retrying ``what`` stops, and what the user can do about it."""
+        budget = self._policy.max_seconds
+        if asked is not None and elapsed + wait > budget:
+            # The server's own Retry-After is what outlasts the budget: say so, in its figure.
+            left = max(budget - elapsed, 0.0)
+            return (
+                f"{what}: the server is throttling (HTTP 429) and asked to wait {_secs(asked)} "
+                f"(Retry-After), more than the {_secs(left)} left of the {_secs(budget)} "
+                "retry budget (max_retry_seconds): raise --max-retry-seconds, or re-run the same "
+                "command later to resume"
+            )
+        tries = [f"{attempts} attempts"] if attempts else []
+        tries += [f"{throttled} requests throttled (HTTP 429)"] if throttled else []
+        return (
+            f"{what} did not succeed after {' and '.join(tries)} in {elapsed:.0f}s "
+            f"(last: {cause}, next wait {wait:.0f}s); re-run the same command to resume"
+        )
 
     async def _ready(self) -> None:
         """Wait for the 429 pause to lift and for a slot from the rate limiter.
@@ -402,6 +434,42 @@ class Sender:
         if action is Action.NOT_FOUND:
             return DatasetNotFoundError(message)
         return DeliveryError(message)
+
+
+def _is_id(value: Any) -> bool:
+    """Whether ``value`` can be an example id: a non-empty string, or an integer (not a bool)."""
+    if isinstance(value, str):
+        return value != ""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _ids_problem(ids: Any, rows: int) -> str | None:
+    """What is wrong with the ``example_ids`` of a 2xx for ``rows`` rows, in words; None if fine.
+
+    Only one distinct id per row proves the rows were stored: a null, an empty
+    string or an object in their place, or one id given twice, is a reply that
+    some other software made up, and counting it delivered would lose rows.
+    """
+    if ids is None:
+        return "JSON without example_ids"
+    if not isinstance(ids, list):
+        kind = {str: "a string", dict: "an object", bool: "a boolean"}.get(type(ids), "a number")
+        return f"JSON whose example_ids is {kind}, not a list"
+    if len(ids) != rows:
+        return f"{len(ids)} example_ids for {rows} rows"
+    if bad := sum(not _is_id(i) for i in ids):
+        return (
+            f"JSON in which {bad} of {rows} example_ids are not ids "
+            "(an id is a non-empty string or an integer)"
+        )
+    if len(set(ids)) != rows:
+        return f"JSON whose example_ids repeat ({len(set(ids))} distinct for {rows} rows)"
+    return None
+
+
+def _secs(seconds: float) -> str:
+    """A duration for a message: whole seconds, or tenths under ten."""
+    return f"{seconds:.0f}s" if seconds >= 10 else f"{seconds:.1f}s"
 
 
 def _bucket(cause: str) -> str:

@@ -45,6 +45,15 @@ def test_retry_after_reads_seconds_and_http_dates() -> None:
     assert parse_retry_after(email.utils.formatdate(999_990, usegmt=True), now=1_000_000) == 0.0
 
 
+def test_a_long_retry_after_is_read_as_sent_and_only_the_wait_is_capped() -> None:
+    """parse_retry_after gives the server's figure uncapped; the throttled wait caps at an hour."""
+    assert parse_retry_after("99999") == 99999.0
+    date = email.utils.formatdate(1_000_000 + 7200, usegmt=True)
+    assert parse_retry_after(date, now=1_000_000) == pytest.approx(7200.0)
+    assert parse_retry_after("inf") is None
+    assert RetryPolicy(base=0.5).throttled(1, 99999.0) == 3600.0
+
+
 def test_backoff_is_full_jitter_under_a_cap() -> None:
     """Each delay is the jitter fraction of min(cap, base * 2**attempt)."""
     top = RetryPolicy(base=0.5, cap=30.0, rng=lambda: 1.0)
@@ -60,6 +69,14 @@ def test_throttled_waits_never_drop_below_the_floor() -> None:
     assert policy.throttled(1, 3.0) == 3.0
     assert policy.throttled(4, None) == 0.5  # full jitter drew 0: still the floor
     assert RetryPolicy(base=0.5, rng=lambda: 1.0).throttled(3, None) == 4.0
+
+
+def test_a_tiny_backoff_base_does_not_lower_the_throttled_floor() -> None:
+    """A backoff_base near 0 still leaves a throttled wait and its jitter a fixed minimum."""
+    policy = RetryPolicy(base=0.0001, rng=lambda: 0.0)
+    assert policy.throttled(1, 0.0) == 0.1
+    assert policy.throttled(5, None) == 0.1
+    assert RetryPolicy(base=0.0001, rng=lambda: 0.5).jitter() == 0.05
 
 
 def test_jitter_spreads_workers_over_the_floor() -> None:

@@ -133,3 +133,38 @@ async def test_a_500_on_every_row_stops_the_run_instead_of_rejecting_all(tmp_pat
     assert len(rejects_of(tmp_path / "rejects.jsonl")) <= 3
     state = read_journal(info.value.summary.checkpoint)
     assert state.delivered_rows == 0 and state.rejected_rows <= 3
+
+
+async def test_re_runs_against_a_broken_server_reject_no_more_rows(tmp_path: Path) -> None:
+    """The broken-server guard spans runs: a re-run against an always-500 server rejects nothing."""
+    write_rows(tmp_path / "rows.jsonl", 200)
+    async with scripted_server(always(500)) as server:
+        run = settings(server.url, tmp_path, batch_rows=4, concurrency=1)
+        with anyio.fail_after(30), pytest.raises(ingest.RetriesExhaustedError) as info:
+            await ingest.upload(api_key=KEY, **run)
+        first = read_journal(info.value.summary.checkpoint)
+        for _ in range(2):
+            with anyio.fail_after(30), pytest.raises(ingest.RetriesExhaustedError) as info:
+                await ingest.upload(api_key=KEY, **run)
+            assert info.value.exit_code == 5
+            assert "3 rows in a row (3 of them by earlier runs)" in str(info.value)
+    assert first.rejected_rows == first.server_error_streak == 3
+    assert len(rejects_of(tmp_path / "rejects.jsonl")) == 3
+    state = read_journal(info.value.summary.checkpoint)
+    assert (state.rejected_rows, state.delivered_rows) == (3, 0)
+
+
+async def test_a_delivery_ends_the_server_error_streak_a_journal_records(tmp_path: Path) -> None:
+    """Rows delivered after server-error rejects reset the streak the next run starts from."""
+    write_rows(tmp_path / "rows.jsonl", 200)
+    async with scripted_server(always(500)) as server:
+        run = settings(server.url, tmp_path, batch_rows=4, concurrency=1)
+        with anyio.fail_after(30), pytest.raises(ingest.RetriesExhaustedError) as info:
+            await ingest.upload(api_key=KEY, **run)
+    checkpoint = info.value.summary.checkpoint
+    assert read_journal(checkpoint).server_error_streak == 3
+    async with scripted_server(fails_on_poison) as server:
+        run = settings(server.url, tmp_path, batch_rows=4, concurrency=1)
+        summary = await ingest.upload(api_key=KEY, **run)
+    assert summary.rows_rejected == 1  # the poison row, rejected though 3 came before it
+    assert read_journal(checkpoint).server_error_streak == 0

@@ -37,10 +37,11 @@ def run_settings(url: str, tmp_path: Path, **kw: Any) -> dict[str, Any]:
     return {**base, **kw}
 
 
-async def test_retry_after_zero_is_not_a_hot_loop(tmp_path: Path) -> None:
-    """Against 429 + Retry-After: 0 with no --rate, requests stay paced by the backoff floor."""
+@pytest.mark.parametrize("base", [0.1, 0.0001], ids=["base", "tiny-base"])
+async def test_retry_after_zero_is_not_a_hot_loop(tmp_path: Path, base: float) -> None:
+    """Against 429 + Retry-After: 0 with no --rate, requests stay paced, however small the base."""
     async with scripted_server(always_429_now) as server:
-        run = run_settings(server.url, tmp_path, backoff_base=0.1, max_retry_seconds=1.5)
+        run = run_settings(server.url, tmp_path, backoff_base=base, max_retry_seconds=1.5)
         with anyio.fail_after(30), pytest.raises(ingest.RetriesExhaustedError):
             await ingest.upload(api_key=KEY, **run)
     first = server.posts[0]
@@ -95,3 +96,37 @@ async def test_a_stop_leaves_workers_queued_on_the_rate_limiter(tmp_path: Path) 
     assert len(server.posts) - seen_at_stop[0] <= 1  # at most the one already on the wire
     # A worker that gave up its slot never journaled its batch as sending: none is in flight.
     assert read_journal(summary.checkpoint).in_flight == []
+
+
+async def test_a_retry_after_beyond_the_budget_says_what_was_asked(tmp_path: Path) -> None:
+    """A Retry-After over max_retry_seconds stops the run, naming the server's figure and a fix."""
+
+    def later(examples: list[dict[str, Any]], server: Scripted) -> web.Response:
+        return problem(429, "slow down", headers={"Retry-After": "99999"})
+
+    async with scripted_server(later) as server:
+        run = run_settings(server.url, tmp_path, backoff_base=0.01, max_retry_seconds=5)
+        with anyio.fail_after(30), pytest.raises(ingest.RetriesExhaustedError) as info:
+            await ingest.upload(api_key=KEY, **run)
+    message = str(info.value)
+    assert "asked to wait 99999s (Retry-After)" in message, message
+    assert "raise --max-retry-seconds, or re-run the same command later" in message
+    assert "0 attempts" not in message and "3600" not in message
+    assert info.value.exit_code == 5
+
+
+async def test_a_run_of_only_429s_does_not_say_0_attempts(tmp_path: Path) -> None:
+    """Retries that run out on 429s alone count the throttled requests, not "0 attempts"."""
+
+    def bare_429(examples: list[dict[str, Any]], server: Scripted) -> web.Response:
+        return problem(429, "slow down")  # no Retry-After: the backoff decides
+
+    async with scripted_server(bare_429) as server:
+        run = run_settings(
+            server.url, tmp_path, concurrency=1, backoff_base=0.1, backoff_max=1.0,
+            max_retry_seconds=0.5,
+        )  # fmt: skip
+        with anyio.fail_after(30), pytest.raises(ingest.RetriesExhaustedError) as info:
+            await ingest.upload(api_key=KEY, **run)
+    message = str(info.value)
+    assert "requests throttled (HTTP 429)" in message and "attempts" not in message, message

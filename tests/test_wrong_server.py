@@ -187,8 +187,14 @@ async def test_the_cli_run_against_a_web_front_end_fails_with_nothing_delivered(
     [
         (lambda: web.json_response(FOUR_IDS, status=201), "4 example_ids for 5 rows"),
         (lambda: web.Response(text="<html>OK</html>", content_type="text/html"), "text/html"),
+        (lambda: web.json_response({"example_ids": "abcde"}), "example_ids is a string"),
+        (lambda: web.json_response({"example_ids": [None] * 5}), "5 of 5 example_ids are not"),
+        (lambda: web.json_response({"example_ids": ["a", "b", ""] + ["c"] * 2}), "1 of 5"),
+        (lambda: web.json_response({"example_ids": ["a", {}, "b", "c", "d"]}), "1 of 5"),
+        (lambda: web.json_response({"example_ids": [1, 2, True, 4, 5]}), "1 of 5"),
+        (lambda: web.json_response({"example_ids": ["a"] * 5}), "example_ids repeat"),
     ],
-    ids=["four-ids-for-five-rows", "html"],
+    ids=["four-ids-for-five-rows", "html", "a-string", "nulls", "empty", "object", "bool", "dup"],
 )
 async def test_a_2xx_that_is_not_the_apis_answer_is_an_unknown_outcome(
     tmp_path: Path, answer: Callable[[], web.Response], shown: str
@@ -216,3 +222,23 @@ async def test_a_2xx_that_is_not_the_apis_answer_is_an_unknown_outcome(
     state = read_journal(str(tmp_path / "run.ckpt"))
     assert (state.delivered_rows, state.done_batches, state.finished) == (0, 0, None)
     assert state.unknown_outcomes == 1 and [r["lines"] for r in state.in_flight] == [[1, 5]]
+
+
+async def test_integer_example_ids_count_as_delivered(tmp_path: Path) -> None:
+    """A 2xx with one distinct integer id per row is a delivery: integer ids are ids too."""
+    next_id = 0
+
+    async def append(request: web.Request) -> web.Response:
+        nonlocal next_id
+        examples = orjson.loads(await request.read())["examples"]
+        ids = list(range(next_id, next_id + len(examples)))
+        next_id += len(examples)
+        return web.json_response({"id": DATASET, "example_ids": ids}, status=201)
+
+    app = web.Application()
+    app.router.add_get("/v2/datasets/{id}", a_dataset)
+    app.router.add_post("/v2/datasets/{id}/examples", append)
+    write_rows(tmp_path / "rows.jsonl", 12)
+    async with serving(app) as url:
+        summary = await ingest.upload(**settings(url, tmp_path))
+    assert (summary.rows_delivered, next_id) == (12, 12)
