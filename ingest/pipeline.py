@@ -30,6 +30,7 @@ from aiolimiter import AsyncLimiter
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from ingest.batcher import Batch, Batcher
+from ingest.caller import RetryingCaller
 from ingest.checkpoint import CheckpointJournal, JournalState
 from ingest.client import DatasetsClient
 from ingest.config import API_KEY_ENV, RunConfig
@@ -182,9 +183,7 @@ class _Run:
                     try:
                         await self.journal.write(self._start_record())
                         checked = await self.shutdown.guard(
-                            lambda: preflight(
-                                self._sender(client.append, None).call, client, self.config
-                            ),
+                            lambda: preflight(self._caller().call, client, self.config),
                             grace=0.0,
                         )
                         if checked:
@@ -235,19 +234,15 @@ class _Run:
             cap=c.backoff_max,
         )
 
-    def _sender(
-        self, append: Any, limiter: AsyncLimiter | None, stopping: anyio.Event | None = None
-    ) -> Sender:
-        return Sender(
-            append=append,
-            journal=self.journal,
+    def _caller(
+        self, limiter: AsyncLimiter | None = None, stopping: anyio.Event | None = None
+    ) -> RetryingCaller:
+        return RetryingCaller(
             policy=self._policy(),
             stats=self.stats,
             describe=lambda action, reply: refusal_message(action, reply, self.config),
-            on_reject=self._note_reject,
             limiter=limiter,
             stopping=stopping,
-            server_error_rejects=self.state.server_error_streak,
         )
 
     async def _stages(self, client: DatasetsClient) -> None:
@@ -264,7 +259,14 @@ class _Run:
             )
         )
         limiter = AsyncLimiter(1, 1 / c.rate) if c.rate else None
-        sender = self._sender(client.append, limiter, self.shutdown.event)
+        sender = Sender(
+            append=client.append,
+            journal=self.journal,
+            caller=self._caller(limiter, self.shutdown.event),
+            stats=self.stats,
+            on_reject=self._note_reject,
+            server_error_rejects=self.state.server_error_streak,
+        )
         chunks_tx, chunks_rx = anyio.create_memory_object_stream[Chunk](4)
         batches_tx, batches_rx = anyio.create_memory_object_stream[Batch](1)
         batcher = Batcher(

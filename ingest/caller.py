@@ -1,0 +1,273 @@
+"""Caller: makes one request until it succeeds, is refused, or its retry budget runs out.
+
+Takes a request (a coroutine function answering a ``Reply``) and what it is for;
+gives back the reply that ends the retries, or raises. Every request of a run
+goes through one ``RetryingCaller``: the sender's appends and the preflight's
+GET (and, next, settling's searches and deletes), so all of them share the
+retry rules, the rate limiter, the 429 pause (``PauseGate``: a 429 stops every
+worker until ``Retry-After``) and the stop: after a stop request no new request
+starts, and a retry waiting its turn is abandoned (``Abandoned``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import anyio
+from aiolimiter import AsyncLimiter
+
+from ingest.client import Reply
+from ingest.errors import (
+    AuthError,
+    BaseUrlError,
+    DatasetNotFoundError,
+    DeliveryError,
+    RetriesExhaustedError,
+)
+from ingest.report import RunStats
+from ingest.retry import (
+    ROW_ERROR_STATUSES,
+    Action,
+    PauseGate,
+    RetryPolicy,
+    classify,
+    parse_retry_after,
+)
+
+log = logging.getLogger("ingest")
+
+
+class Abandoned(Exception):
+    """A stop was asked for while a batch waited to be sent again: leave it."""
+
+
+class ServerErrorEveryTime(Exception):
+    """A one-row batch got a row error (HTTP 500) on every attempt its budget allowed."""
+
+    def __init__(self, reply: Reply, attempts: int) -> None:
+        super().__init__(reply.problem())
+        self.reply = reply
+        self.attempts = attempts
+
+
+class RetryingCaller:
+    """Makes requests within the retry bounds; one per run, shared by every worker.
+
+    caller = RetryingCaller(policy=policy, stats=stats, describe=describe, stopping=stop)
+    reply = await caller.call(client.get_dataset, "the preflight GET of the dataset")
+    """
+
+    def __init__(
+        self,
+        *,
+        policy: RetryPolicy,
+        stats: RunStats,
+        describe: Callable[[Action, Reply], str],
+        limiter: AsyncLimiter | None = None,
+        gate: PauseGate | None = None,
+        stopping: anyio.Event | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._policy = policy
+        self._stats = stats
+        self._describe = describe
+        self._limiter = limiter
+        self._gate = gate or PauseGate(clock)
+        self.stopping = stopping or anyio.Event()
+        self._clock = clock
+
+    async def call(
+        self,
+        request: Callable[[], Awaitable[Reply]],
+        what: str,
+        *,
+        on_first_send: Callable[[], Awaitable[None]] | None = None,
+        on_unknown: Callable[[str], Awaitable[None]] | None = None,
+        split_after_500s: int | None = None,
+        reject_row_errors: bool = False,
+    ) -> Reply:
+        """Make ``request`` until it answers 2xx or refuses the rows, within the retry bounds.
+
+        With ``split_after_500s``, that many HTTP 500s in a row return the reply so the
+        caller halves the batch: Arize answers 500 to bodies it finds too large.
+        ``on_first_send`` is awaited once, after the waits a stop cuts short and just
+        before the first request: a batch journaled as sending is always sent, so a
+        stop never leaves one in flight that was not.
+        With ``reject_row_errors``, bounds that run out after a row error (HTTP 500)
+        on every attempt raise ``ServerErrorEveryTime``, so the caller rejects the row.
+
+        Raises ``AuthError``, ``DatasetNotFoundError`` or ``DeliveryError`` on a refusal
+        retrying cannot fix, and ``RetriesExhaustedError`` when the bounds run out.
+        """
+        attempts = throttled = fives = row_errors = 0
+        last_row_error: Reply | None = None
+        after: float | None = None  # what the last 429 asked for
+        started = self._clock()
+        # A retry counts once the request really goes out. (Resent unknown outcomes are
+        # counted by the journal, which sees every run's.)
+        owed_retry: str | None = None
+        while True:
+            await self._ready()
+            if on_first_send is not None:
+                await on_first_send()  # durable before the POST; no stop check after it
+                on_first_send = None
+            if owed_retry is not None:
+                self._stats.retries[_bucket(owed_retry)] += 1
+            owed_retry = None
+            self._stats.requests += 1
+            reply, action, cause = await self._attempt(request)
+            if action in (Action.DELIVERED, Action.SPLIT):
+                assert reply is not None
+                return reply
+            if action in (Action.AUTH, Action.NOT_FOUND, Action.FAIL):
+                assert reply is not None
+                raise self._fatal(action, reply, what)
+            unknown = action is Action.RETRY_UNKNOWN and on_unknown is not None
+            if unknown and on_unknown is not None:
+                await on_unknown(cause)  # journaled whether or not the rows go again
+            fives = fives + 1 if reply is not None and reply.status == 500 else 0
+            if reply is not None and reply.status in ROW_ERROR_STATUSES:
+                row_errors, last_row_error = row_errors + 1, reply
+            if split_after_500s is not None and fives >= split_after_500s:
+                assert reply is not None
+                return reply
+            if action is Action.RATE_LIMITED:
+                throttled += 1
+                after = parse_retry_after(reply.retry_after if reply else None)
+                wait = self._policy.throttled(throttled, after)
+                self._gate.pause(wait)
+            else:
+                attempts += 1
+                wait = self._policy.backoff(attempts)
+                after = None
+            elapsed = self._clock() - started
+            if self._policy.gives_up(attempts=attempts, elapsed=elapsed, wait=wait):
+                # 429s are not attempts: a row error on each attempt is the row's doing.
+                if reject_row_errors and last_row_error is not None and row_errors == attempts:
+                    raise ServerErrorEveryTime(last_row_error, attempts)
+                raise RetriesExhaustedError(
+                    self._exhausted(what, attempts, throttled, elapsed, cause, wait, after)
+                )
+            owed_retry = cause
+            log.debug("%s: %s; retrying in %.2fs", what, cause, wait)
+            if action is not Action.RATE_LIMITED:
+                await self._pause(wait)
+
+    def _exhausted(
+        self,
+        what: str,
+        attempts: int,
+        throttled: int,
+        elapsed: float,
+        cause: str,
+        wait: float,
+        asked: float | None,
+    ) -> str:
+        """Why retrying ``what`` stops, and what the user can do about it."""
+        budget = self._policy.max_seconds
+        if asked is not None and elapsed + wait > budget:
+            # The server's own Retry-After is what outlasts the budget: say so, in its figure.
+            left = max(budget - elapsed, 0.0)
+            return (
+                f"{what}: the server is throttling (HTTP 429) and asked to wait {_secs(asked)} "
+                f"(Retry-After), more than the {_secs(left)} left of the {_secs(budget)} "
+                "retry budget (max_retry_seconds): raise --max-retry-seconds, or re-run the same "
+                "command later to resume"
+            )
+        tries = [f"{attempts} attempts"] if attempts else []
+        tries += [f"{throttled} requests throttled (HTTP 429)"] if throttled else []
+        return (
+            f"{what} did not succeed after {' and '.join(tries)} in {elapsed:.0f}s "
+            f"(last: {cause}, next wait {wait:.0f}s); re-run the same command to resume"
+        )
+
+    async def _ready(self) -> None:
+        """Wait for the 429 pause to lift and for a slot from the rate limiter.
+
+        Raises ``Abandoned`` if a stop is asked for first: after a stop, no new
+        request starts, even one whose wait was zero (a ``Retry-After: 0``).
+        """
+        while True:
+            if (left := self._gate.remaining) > 0:
+                await self._pause(left)
+                # Every paused worker wakes at the same instant: spread them out.
+                await self._pause(self._policy.jitter())
+                continue
+            if self._limiter is not None:
+                await self._acquire(self._limiter)
+            # A 429 may have paused everyone while this worker queued for its slot.
+            if self._gate.remaining == 0:
+                break
+        if self.stopping.is_set():
+            raise Abandoned
+
+    async def _acquire(self, limiter: AsyncLimiter) -> None:
+        """A slot from the rate limiter, unless a stop comes first (a slot can be seconds away)."""
+        async with anyio.create_task_group() as tg:
+
+            async def on_stop() -> None:
+                await self.stopping.wait()
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(on_stop)
+            await limiter.acquire()  # cancel-safe: aiolimiter drops a cancelled waiter
+            tg.cancel_scope.cancel()
+        if self.stopping.is_set():
+            raise Abandoned
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds``; give up the batch at once if a stop is asked for meanwhile."""
+        with anyio.move_on_after(seconds):
+            await self.stopping.wait()
+        if self.stopping.is_set():
+            raise Abandoned
+
+    async def _attempt(
+        self, request: Callable[[], Awaitable[Reply]]
+    ) -> tuple[Reply | None, Action, str]:
+        """One request: its reply, what it calls for, and a cause for the logs."""
+        try:
+            reply = await request()
+        except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
+            raise DeliveryError(
+                f"TLS failed: {exc}; if a proxy or private CA sits in between, point "
+                "SSL_CERT_FILE at its certificate"
+            ) from exc
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            # No connection was made, so nothing was sent: a plain retry.
+            return None, Action.RETRY, f"connection failed ({exc.__class__.__name__})"
+        except TimeoutError:
+            return None, Action.RETRY_UNKNOWN, "timeout"
+        except aiohttp.ClientError as exc:
+            return None, Action.RETRY_UNKNOWN, f"connection lost ({exc.__class__.__name__})"
+        action = classify(reply.status)
+        return reply, action, f"HTTP {reply.status}"
+
+    def _fatal(self, action: Action, reply: Reply, what: str) -> DeliveryError:
+        if reply.redirected:
+            return BaseUrlError(f"{what}: {reply.redirect()}")
+        message = f"{self._describe(action, reply)} (during {what})"
+        if action is Action.AUTH:
+            return AuthError(message)
+        if action is Action.NOT_FOUND:
+            return DatasetNotFoundError(message)
+        return DeliveryError(message)
+
+
+def _secs(seconds: float) -> str:
+    """A duration for a message: whole seconds, or tenths under ten."""
+    return f"{seconds:.0f}s" if seconds >= 10 else f"{seconds:.1f}s"
+
+
+def _bucket(cause: str) -> str:
+    """Group causes for the summary: 429, 5xx, 408, timeout, connection."""
+    if cause.startswith("HTTP 5"):
+        return "5xx"
+    if cause.startswith("HTTP "):
+        return cause[5:]
+    if cause == "timeout":
+        return "timeout"
+    return "connection"
