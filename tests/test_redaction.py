@@ -272,3 +272,23 @@ async def test_a_redirect_to_a_location_quoting_the_key_shows_it_nowhere(
     assert done.returncode == 5, err
     assert "/login?t=[redacted]" in err and "/login?t=[redacted]" in orjson.loads(out)["message"]
     assert not leaks(out) and not leaks(err)
+
+
+@pytest.mark.parametrize("key", ["rows_read", "k3y-in-a-path"], ids=["field-name", "path-part"])
+@pytest.mark.parametrize("as_json", [True, False], ids=["json", "text"])
+async def test_a_key_equal_to_a_word_of_the_summary_leaves_the_summary_intact(
+    tmp_path: Path, key: str, as_json: bool
+) -> None:
+    """Only the message is redacted: the summary's fields, numbers and paths stay as they are."""
+    work = tmp_path / "k3y-in-a-path"
+    work.mkdir()
+    (work / "rows.jsonl").write_bytes(b'{"i": 1}\n{"i": 2}\n')
+    async with serving(accepting()) as url:
+        done = await run_ingest(work, url, *(["--json"] if as_json else []), key=key)
+    out, err = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 0, err
+    if as_json:
+        summary = orjson.loads(out)
+        assert summary["rows_read"] == 2 and summary["checkpoint"] == str(work / "run.ckpt")
+    else:
+        assert "rows read:         2" in out and f"checkpoint {work / 'run.ckpt'}" in out
