@@ -23,6 +23,7 @@ import pytest
 from aiohttp import web
 
 from ingest.checkpoint import CheckpointJournal
+from ingest.client import QUOTE_LIMIT
 from ingest.identity import fingerprint
 from ingest.redact import redact
 
@@ -292,3 +293,32 @@ async def test_a_key_equal_to_a_word_of_the_summary_leaves_the_summary_intact(
         assert summary["rows_read"] == 2 and summary["checkpoint"] == str(work / "run.ckpt")
     else:
         assert "rows read:         2" in out and f"checkpoint {work / 'run.ckpt'}" in out
+
+
+async def test_a_megabyte_refusal_is_quoted_short_everywhere(tmp_path: Path) -> None:
+    """A 422 with a 1 MB detail quoting the key leaves a short reason, cut after the key is out."""
+
+    async def dataset(request: web.Request) -> web.Response:
+        return web.json_response({"id": request.match_info["id"], "name": "d"})
+
+    async def refuse(request: web.Request) -> web.Response:
+        token = request.headers["Authorization"].removeprefix("Bearer ")
+        # The key straddles the cut: cutting before redacting would keep its start.
+        detail = "y" * (QUOTE_LIMIT - 6) + token + "z" * 1_000_000
+        return web.json_response({"status": 422, "detail": detail}, status=422)
+
+    app = web.Application(client_max_size=1 << 24)
+    app.router.add_get("/v2/datasets/{id}", dataset)
+    app.router.add_post("/v2/datasets/{id}/examples", refuse)
+    (tmp_path / "rows.jsonl").write_bytes(b'{"i": 1}\n{"i": 2}\n{"i": 3}\n')
+    async with serving(app) as url:
+        done = await run_ingest(tmp_path, url, "-v", "--json", "--batch-rows", "1")
+    out, err = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 6, err[-2000:]
+    rejects = (tmp_path / "run.rejects.jsonl").read_text()
+    checkpoint = (tmp_path / "run.ckpt").read_text()
+    for text in (out, err, rejects, checkpoint):
+        assert len(text) < 20_000 and "zzz" not in text and not leaks(text)
+    reasons = [orjson.loads(line)["reason"] for line in rejects.splitlines()]
+    assert len(reasons) == 3
+    assert all(r.endswith("y[redac...") and len(r) < QUOTE_LIMIT + 50 for r in reasons)
