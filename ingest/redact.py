@@ -65,23 +65,30 @@ def _char_forms(char: str) -> str:
     forms.add("".join(f"%{_hex(f'{b:02X}')}" for b in char.encode()))
     units = char.encode("utf-16-be")  # \uXXXX escapes name UTF-16 units
     forms.add("".join(rf"\\u{_hex(units[i : i + 2].hex())}" for i in range(0, len(units), 2)))
-    escaped = repr(char)[1:-1]
-    if escaped != char:
-        forms.add(re.escape(escaped))
+    for escaped in (repr(char)[1:-1], ascii(char)[1:-1]):  # ascii: "\xe9", "\u20ac"
+        if escaped != char:
+            forms.add(re.escape(escaped))
     if char in _ESCAPES:
         forms.add(_ESCAPES[char])
     return "(?:" + "|".join(sorted(forms, key=len, reverse=True)) + ")"
 
 
 @functools.lru_cache(maxsize=8)
-def _patterns(secret: str) -> tuple[re.Pattern[str], list[re.Pattern[str]], int]:
-    """The key in any of its forms; each of its starts at a text's end; how long a form gets."""
+def _key(secret: str) -> re.Pattern[str]:
+    """The key in any of its forms."""
+    return re.compile("".join(_char_forms(c) for c in secret))
+
+
+@functools.lru_cache(maxsize=8)
+def _key_starts(secret: str) -> list[re.Pattern[str]]:
+    """Each start of the key, in any of its forms, at a text's end (made only for a cut)."""
     chars = [_char_forms(c) for c in secret]
-    whole = re.compile("".join(chars))
-    starts = [
-        re.compile("".join(chars[:n]) + _PARTIAL_ESCAPE + r"\Z") for n in range(1, len(chars))
-    ]
-    return whole, starts, 12 * len(secret) + 8  # 12: a character's longest form
+    return [re.compile("".join(chars[:n]) + _PARTIAL_ESCAPE + r"\Z") for n in range(1, len(chars))]
+
+
+def _longest_form(secret: str) -> int:
+    """How long the key can get quoted: 12 characters for one, as in "%F0%9F%98%80"."""
+    return 12 * len(secret) + 8
 
 
 def redact(text: str, secret: str, *, limit: int | None = None, ellipsis: str = "") -> str:
@@ -95,16 +102,15 @@ def redact(text: str, secret: str, *, limit: int | None = None, ellipsis: str = 
     # Enough beyond the cut for a key starting before it to be seen whole, so a
     # megabyte refusal costs what its quoted start costs.
     long_key = len(secret) >= MIN_SECRET
-    room = limit + (_patterns(secret)[2] if long_key else 64)
+    room = limit + (_longest_form(secret) if long_key else 64)
     head = _scrub(text[:room], secret)
     if len(text) <= room and len(head) <= limit:
         return head
     head = head[:limit]
     if long_key:
         # The cut may fall inside a key the text quoted in part: drop what made it in.
-        _, starts, longest = _patterns(secret)
-        tail = head[-longest:]
-        found = [m.start() for pattern in starts if (m := pattern.search(tail))]
+        tail = head[-_longest_form(secret) :]
+        found = [m.start() for pattern in _key_starts(secret) if (m := pattern.search(tail))]
         if found:
             head = head[: len(head) - len(tail) + min(found)]
     return head + ellipsis
@@ -113,7 +119,7 @@ def redact(text: str, secret: str, *, limit: int | None = None, ellipsis: str = 
 def _scrub(text: str, secret: str) -> str:
     """``text`` with the key in any form, and any bearer token or Authorization value, marked."""
     if len(secret) >= MIN_SECRET:
-        text = _patterns(secret)[0].sub(MARK, text)
+        text = _key(secret).sub(MARK, text)
     return _AUTHORIZATION.sub(lambda m: m[1] + MARK, _BEARER.sub(lambda m: m[1] + MARK, text))
 
 

@@ -212,6 +212,15 @@ def test_redact_takes_out_the_key_in_every_form_a_server_may_quote_it(form: str)
     assert redact(f"you sent <{quoted}>, bye", KEY) == "you sent <[redacted]>, bye"
 
 
+@pytest.mark.parametrize("form", sorted(key_forms(KEY)))
+def test_a_cut_keeps_no_start_of_the_key_in_any_form(form: str) -> None:
+    """A text cut just after the start of a quoted key, in any form, keeps none of it."""
+    quoted = key_forms(KEY)[form]
+    for n in range(1, len(quoted)):
+        text = "x" * 50 + quoted[:n] + "y" * 500
+        assert redact(text, KEY, limit=50 + n, ellipsis="...") == "x" * 50 + "...", quoted[:n]
+
+
 def test_redact_takes_out_any_bearer_token_or_authorization_value() -> None:
     """A bearer token or Authorization value is taken out whatever it is, the key or not."""
     assert redact("got Bearer other.token/x+y=", KEY) == "got Bearer [redacted]"
