@@ -186,11 +186,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _print_summary(summary: Summary, as_json: bool, api_key: str) -> None:
+    summary = summary.redacted(api_key)
     if as_json:
-        sys.stdout.buffer.write(redact(summary.to_json().decode(), api_key).encode() + b"\n")
+        sys.stdout.buffer.write(summary.to_json() + b"\n")
         sys.stdout.flush()
     else:
-        print(redact(summary.to_text(), api_key))  # noqa: T201
+        print(summary.to_text())  # noqa: T201
 
 
 async def _upload_with_signals(config: Any, as_json: bool) -> Summary:

@@ -21,6 +21,11 @@ from yarl import URL
 from ingest.redact import redact
 
 USER_AGENT = f"ingest/{version('ingest')}"
+# How much of a server's text a message quotes: a refusal's reason goes to stderr,
+# the rejects file and the checkpoint, once per rejected row, and a server may
+# echo a megabyte back (a validation error quoting the whole body).
+QUOTE_LIMIT = 300
+CUT = "..."
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,20 +57,23 @@ class Reply:
         if isinstance(doc, dict):
             text = doc.get("detail") or doc.get("title") or doc.get("message") or doc.get("error")
             if text:
-                return redact(f"HTTP {self.status}: {text}", self.secret)
+                return f"HTTP {self.status}: {self._quote(str(text), QUOTE_LIMIT)}"
         snippet = self._snippet(200)
         return f"HTTP {self.status}" + (f": {snippet}" if snippet else "")
 
     def _snippet(self, limit: int) -> str:
         """The body's start on one line, the key taken out before the cut."""
-        text = " ".join(self.body.decode("utf-8", "replace").split())
-        return redact(text, self.secret, limit=limit)
+        return self._quote(self.body.decode("utf-8", "replace"), limit)
+
+    def _quote(self, text: str, limit: int) -> str:
+        """A server's text on one line and cut to ``limit``, the key taken out before the cut."""
+        return redact(" ".join(text.split()), self.secret, limit=limit, ellipsis=CUT)
 
     def not_the_api(self, expected: str, got: str | None = None) -> str:
         """A 2xx that is not the API's answer in words: what came, what the API sends."""
         if got is None:
             snippet = self._snippet(100)
-            kind = self.content_type or "no Content-Type"
+            kind = self._quote(self.content_type, 100) or "no Content-Type"
             got = f'{kind} "{snippet}"' if snippet else f"{kind} and an empty body"
         text = (
             f"{self.url} answered HTTP {self.status} with {got}, not the Arize API's answer "
@@ -81,7 +89,9 @@ class Reply:
 
     def redirect(self) -> str:
         """A redirect in words: where it points, and that the base URL is to blame."""
-        where = f"to {self.location}" if self.location else "with no Location"
+        where = (
+            f"to {self._quote(self.location, QUOTE_LIMIT)}" if self.location else "with no Location"
+        )
         text = (
             f"{self.url} answered HTTP {self.status}, a redirect {where}, which was not "
             "followed; the Arize API never redirects, so the base URL leads elsewhere (http "
@@ -96,8 +106,8 @@ class Reply:
         if not (tail and self.location and self.location.endswith(tail)):
             return ""
         base = self.location.removesuffix(tail)
-        if base == self.url.removesuffix(tail):
-            return ""  # a redirect to itself: no other base URL to suggest
+        if base == self.url.removesuffix(tail) or len(base) > QUOTE_LIMIT:
+            return ""  # a redirect to itself, or no URL to suggest as it is
         try:
             moved = URL(base).origin() != URL(self.url).origin()
         except ValueError:  # not an absolute URL: no advice to give

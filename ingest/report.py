@@ -11,11 +11,13 @@ import logging
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TextIO
 
 import anyio
 import orjson
+
+from ingest.redact import redact
 
 log = logging.getLogger("ingest")
 
@@ -62,6 +64,14 @@ class Summary:
     checkpoint: str
     rejects: str
     message: str = ""
+
+    def redacted(self, secret: str) -> Summary:
+        """The summary with the key out of its one text that quotes servers, the message.
+
+        Never the serialized summary: a key equal to a number, a path part or a
+        field name would be rewritten there, and the JSON broken.
+        """
+        return replace(self, message=redact(self.message, secret))
 
     def to_json(self) -> bytes:
         """One JSON object, for schedulers and scripts."""

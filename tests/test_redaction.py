@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ import pytest
 from aiohttp import web
 
 from ingest.checkpoint import CheckpointJournal
+from ingest.client import QUOTE_LIMIT
 from ingest.identity import fingerprint
 from ingest.redact import redact
 
@@ -42,7 +44,9 @@ async def serving(app: web.Application) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
-async def run_ingest(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+async def run_ingest(
+    tmp_path: Path, url: str, *args: str, key: str = KEY
+) -> subprocess.CompletedProcess[bytes]:
     """``ingest run`` against ``url`` in a subprocess, the server answering meanwhile."""
     cmd = [
         sys.executable,
@@ -62,12 +66,45 @@ async def run_ingest(tmp_path: Path, url: str, *args: str) -> subprocess.Complet
         *args,
     ]
     with anyio.fail_after(60):
-        return await anyio.run_process(cmd, env={**os.environ, "ARIZE_API_KEY": KEY}, check=False)
+        return await anyio.run_process(cmd, env={**os.environ, "ARIZE_API_KEY": key}, check=False)
 
 
 def leaks(text: str) -> bool:
-    """Whether ``text`` holds the key, as is or percent-encoded."""
-    return KEY in text or quote(KEY, safe="") in text
+    """Whether ``text`` holds any part of the key, however escaped (each part is in every form)."""
+    return "sk-live" in text or "0123456789" in text
+
+
+def key_forms(key: str) -> dict[str, str]:
+    """The key as servers quote it: JSON- or repr-escaped, percent-encoded (hex of either case)."""
+    lower_hex = re.sub(r"%[0-9A-F]{2}", lambda m: m[0].lower(), quote(key, safe=""))
+    return {
+        "raw": key,
+        "json-slash": orjson.dumps(key).decode()[1:-1].replace("/", "\\/"),
+        "json-unicode": "".join(f"\\u{ord(c):04x}" if not c.isalnum() else c for c in key),
+        "repr": repr(key)[1:-1],
+        "quote-default": quote(key),
+        "quote-all": quote(key, safe=""),
+        "quote-lower-hex": lower_hex,
+        "quote-default-lower-hex": lower_hex.replace("%2f", "/"),
+    }
+
+
+def accepting() -> web.Application:
+    """A server that takes every row: the dataset exists, each POST gets one id per row."""
+    ids = itertools.count()
+
+    async def dataset(request: web.Request) -> web.Response:
+        return web.json_response({"id": request.match_info["id"], "name": "d"})
+
+    async def append(request: web.Request) -> web.Response:
+        examples = orjson.loads(await request.read())["examples"]
+        body = {"id": DATASET, "example_ids": [f"e{next(ids)}" for _ in examples]}
+        return web.json_response(body, status=201)
+
+    app = web.Application()
+    app.router.add_get("/v2/datasets/{id}", dataset)
+    app.router.add_post("/v2/datasets/{id}/examples", append)
+    return app
 
 
 def echoed(request: web.Request) -> str:
@@ -166,3 +203,131 @@ def test_a_closed_stdout_is_not_a_traceback(tmp_path: Path) -> None:
     script = f'"{sys.executable}" -m ingest status --checkpoint "{tmp_path / "run.ckpt"}" | true'
     done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60)
     assert "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("form", sorted(key_forms(KEY)))
+def test_redact_takes_out_the_key_in_every_form_a_server_may_quote_it(form: str) -> None:
+    """The key with "/" and "+" in it is taken out raw, JSON- or repr-escaped, percent-encoded."""
+    quoted = key_forms(KEY)[form]
+    assert redact(f"you sent <{quoted}>, bye", KEY) == "you sent <[redacted]>, bye"
+
+
+@pytest.mark.parametrize("form", sorted(key_forms(KEY)))
+def test_a_cut_keeps_no_start_of_the_key_in_any_form(form: str) -> None:
+    """A text cut just after the start of a quoted key, in any form, keeps none of it."""
+    quoted = key_forms(KEY)[form]
+    for n in range(1, len(quoted)):
+        text = "x" * 50 + quoted[:n] + "y" * 500
+        assert redact(text, KEY, limit=50 + n, ellipsis="...") == "x" * 50 + "...", quoted[:n]
+
+
+def test_redact_takes_out_any_bearer_token_or_authorization_value() -> None:
+    """A bearer token or Authorization value is taken out whatever it is, the key or not."""
+    assert redact("got Bearer other.token/x+y=", KEY) == "got Bearer [redacted]"
+    assert (
+        redact('{"authorization": "Bearer a\\/b"}', "") == '{"authorization": "Bearer [redacted]"}'
+    )
+    assert (
+        redact("{'Authorization': 'Basic dXNlcjpw'}", "") == "{'Authorization': 'Basic [redacted]'}"
+    )
+    assert redact("next=Bearer%20abc%2Fdef&x=1", "") == "next=Bearer%20[redacted]&x=1"
+    assert redact(f"Authorization: Bearer {KEY}", KEY) == "Authorization: Bearer [redacted]"
+    assert redact("send the Authorization header", "") == "send the Authorization header"
+
+
+@pytest.mark.parametrize("form", ["json-slash", "json-unicode", "quote-default-lower-hex"])
+async def test_a_refusal_escaping_the_key_its_own_way_shows_it_nowhere(
+    tmp_path: Path, form: str
+) -> None:
+    """A 400 body quoting the key as some encoders do leaves it out of every output and file."""
+
+    async def dataset(request: web.Request) -> web.Response:
+        return web.json_response({"id": request.match_info["id"], "name": "d"})
+
+    async def refuse(request: web.Request) -> web.Response:
+        token = request.headers["Authorization"].removeprefix("Bearer ")
+        body = f'{{"error_info": {{"token": "{key_forms(token)[form]}"}}}}'  # no "detail"
+        return web.Response(status=400, text=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/v2/datasets/{id}", dataset)
+    app.router.add_post("/v2/datasets/{id}/examples", refuse)
+    (tmp_path / "rows.jsonl").write_bytes(b'{"i": 1}\n{"i": 2}\n')
+    async with serving(app) as url:
+        done = await run_ingest(tmp_path, url, "-v", "--json", "--batch-rows", "1")
+    out, err = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 6, err
+    rejects = (tmp_path / "run.rejects.jsonl").read_text()
+    assert rejects.count("[redacted]") == 2
+    for text in (out, err, rejects, (tmp_path / "run.ckpt").read_text()):
+        assert not leaks(text)
+
+
+@pytest.mark.parametrize("form", ["quote-default", "quote-lower-hex"])
+async def test_a_redirect_to_a_location_quoting_the_key_shows_it_nowhere(
+    tmp_path: Path, form: str
+) -> None:
+    """A 302 whose Location percent-encodes the key keeps it out of the error and --json."""
+
+    async def redirect(request: web.Request) -> web.Response:
+        token = request.headers["Authorization"].removeprefix("Bearer ")
+        return web.Response(status=302, headers={"Location": f"/login?t={key_forms(token)[form]}"})
+
+    app = web.Application()
+    app.router.add_get("/v2/datasets/{id}", redirect)
+    (tmp_path / "rows.jsonl").write_bytes(b'{"i": 1}\n')
+    async with serving(app) as url:
+        done = await run_ingest(tmp_path, url, "--json")
+    out, err = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 5, err
+    assert "/login?t=[redacted]" in err and "/login?t=[redacted]" in orjson.loads(out)["message"]
+    assert not leaks(out) and not leaks(err)
+
+
+@pytest.mark.parametrize("key", ["rows_read", "k3y-in-a-path"], ids=["field-name", "path-part"])
+@pytest.mark.parametrize("as_json", [True, False], ids=["json", "text"])
+async def test_a_key_equal_to_a_word_of_the_summary_leaves_the_summary_intact(
+    tmp_path: Path, key: str, as_json: bool
+) -> None:
+    """Only the message is redacted: the summary's fields, numbers and paths stay as they are."""
+    work = tmp_path / "k3y-in-a-path"
+    work.mkdir()
+    (work / "rows.jsonl").write_bytes(b'{"i": 1}\n{"i": 2}\n')
+    async with serving(accepting()) as url:
+        done = await run_ingest(work, url, *(["--json"] if as_json else []), key=key)
+    out, err = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 0, err
+    if as_json:
+        summary = orjson.loads(out)
+        assert summary["rows_read"] == 2 and summary["checkpoint"] == str(work / "run.ckpt")
+    else:
+        assert "rows read:         2" in out and f"checkpoint {work / 'run.ckpt'}" in out
+
+
+async def test_a_megabyte_refusal_is_quoted_short_everywhere(tmp_path: Path) -> None:
+    """A 422 with a 1 MB detail quoting the key leaves a short reason, cut after the key is out."""
+
+    async def dataset(request: web.Request) -> web.Response:
+        return web.json_response({"id": request.match_info["id"], "name": "d"})
+
+    async def refuse(request: web.Request) -> web.Response:
+        token = request.headers["Authorization"].removeprefix("Bearer ")
+        # The key straddles the cut: cutting before redacting would keep its start.
+        detail = "y" * (QUOTE_LIMIT - 6) + token + "z" * 1_000_000
+        return web.json_response({"status": 422, "detail": detail}, status=422)
+
+    app = web.Application(client_max_size=1 << 24)
+    app.router.add_get("/v2/datasets/{id}", dataset)
+    app.router.add_post("/v2/datasets/{id}/examples", refuse)
+    (tmp_path / "rows.jsonl").write_bytes(b'{"i": 1}\n{"i": 2}\n{"i": 3}\n')
+    async with serving(app) as url:
+        done = await run_ingest(tmp_path, url, "-v", "--json", "--batch-rows", "1")
+    out, err = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 6, err[-2000:]
+    rejects = (tmp_path / "run.rejects.jsonl").read_text()
+    checkpoint = (tmp_path / "run.ckpt").read_text()
+    for text in (out, err, rejects, checkpoint):
+        assert len(text) < 20_000 and "zzz" not in text and not leaks(text)
+    reasons = [orjson.loads(line)["reason"] for line in rejects.splitlines()]
+    assert len(reasons) == 3
+    assert all(r.endswith("y[redac...") and len(r) < QUOTE_LIMIT + 50 for r in reasons)
