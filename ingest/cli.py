@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -132,9 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _status(args) if args.command == "status" else _run(args)
     except BrokenPipeError:
-        # stdout went away (`ingest ... | head`): not an error of ours. Point it at
-        # /dev/null so the interpreter's own flush at exit does not raise again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # stdout went away (`ingest status ... | head`): not an error of ours.
+        _silence(sys.stdout)
         return 1
 
 
@@ -187,11 +187,26 @@ def _run(args: argparse.Namespace) -> int:
 
 def _print_summary(summary: Summary, as_json: bool, api_key: str) -> None:
     summary = summary.redacted(api_key)
-    if as_json:
-        sys.stdout.buffer.write(summary.to_json() + b"\n")
-        sys.stdout.flush()
-    else:
-        print(summary.to_text())  # noqa: T201
+    try:
+        if as_json:
+            sys.stdout.buffer.write(summary.to_json() + b"\n")
+            sys.stdout.flush()
+        else:
+            print(summary.to_text())  # noqa: T201
+    except OSError as exc:
+        # The run's outcome (and its exit code) stands when nobody can read it: a pipe
+        # closed early, or a terminal hung up (an ssh disconnect) after the SIGHUP.
+        if exc.errno not in (errno.EPIPE, errno.EIO):
+            raise
+        _silence(sys.stdout, sys.stderr)
+
+
+def _silence(*streams: Any) -> None:
+    """Point ``streams`` at /dev/null, so the interpreter's flush at exit cannot raise again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in streams:
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(devnull, stream.fileno())
 
 
 async def _upload_with_signals(config: Any, as_json: bool) -> Summary:

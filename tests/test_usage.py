@@ -154,6 +154,36 @@ def test_dev_stdin_is_read_as_stdin_with_its_checkpoint_in_the_working_folder(
     assert [p.name for p in tmp_path.glob("stdin.ingest-*.ckpt")], list(tmp_path.iterdir())
 
 
+def test_a_terminal_hangup_winds_down_like_sighup(tmp_path: Path) -> None:
+    """An ssh disconnect (the controlling terminal hangs up) lets requests in flight finish."""
+    import pty
+
+    write_rows(tmp_path / "rows.jsonl", 3000)
+    with fake_process("--api-key", KEY, "--dataset", DATASET, "--latency", "0.5") as (url, _):
+        cmd = ingest_cmd(tmp_path, url, "--batch-rows", "100", "--concurrency", "4")
+        master, slave = pty.openpty()
+        # setsid -c: a new session whose controlling terminal is the pty, as under sshd.
+        proc = subprocess.Popen(
+            ["setsid", "-c", *cmd],
+            env={**os.environ, "ARIZE_API_KEY": KEY},
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+        )
+        os.close(slave)
+        deadline = time.monotonic() + 60
+        ckpt = str(tmp_path / "run.ckpt")
+        while time.monotonic() < deadline and proc.poll() is None:
+            if os.path.exists(ckpt) and read_journal(ckpt).done_batches >= 2:
+                break
+            time.sleep(0.02)
+        os.close(master)  # the hangup: SIGHUP, then EIO on every write to the terminal
+        code = proc.wait(timeout=60)
+        state = read_journal(ckpt)
+    assert code == 130
+    assert state.in_flight == []  # every request in flight finished and was journaled
+
+
 def test_nohup_keeps_the_run_going_through_a_hangup(tmp_path: Path) -> None:
     """Under nohup (SIGHUP ignored) a SIGHUP does not stop the run: it completes."""
     write_rows(tmp_path / "rows.jsonl", 2000)
