@@ -32,7 +32,8 @@ def write_rows(path: Path, n: int, extra: bytes = b"") -> None:
     )
 
 
-def ingest_cmd(tmp_path: Path, url: str, *args: str) -> list[str]:
+def ingest_cmd(tmp_path: Path, url: str, *args: str, dataset: str = DATASET) -> list[str]:
+    """``ingest run`` of ``tmp_path/rows.jsonl`` into ``dataset`` at ``url``."""
     return [
         sys.executable,
         "-m",
@@ -41,7 +42,7 @@ def ingest_cmd(tmp_path: Path, url: str, *args: str) -> list[str]:
         "--input",
         str(tmp_path / "rows.jsonl"),
         "--dataset-id",
-        DATASET,
+        dataset,
         "--base-url",
         url,
         "--checkpoint",

@@ -21,6 +21,7 @@ import anyio
 import orjson
 import pytest
 from aiohttp import web
+from test_cli import ingest_cmd
 
 from ingest.checkpoint import CheckpointJournal
 from ingest.client import QUOTE_LIMIT
@@ -48,23 +49,7 @@ async def run_ingest(
     tmp_path: Path, url: str, *args: str, key: str = KEY
 ) -> subprocess.CompletedProcess[bytes]:
     """``ingest run`` against ``url`` in a subprocess, the server answering meanwhile."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "ingest",
-        "run",
-        "--input",
-        str(tmp_path / "rows.jsonl"),
-        "--dataset-id",
-        DATASET,
-        "--base-url",
-        url,
-        "--checkpoint",
-        str(tmp_path / "run.ckpt"),
-        "--rate",
-        "0",
-        *args,
-    ]
+    cmd = ingest_cmd(tmp_path, url, *args, dataset=DATASET)
     with anyio.fail_after(60):
         return await anyio.run_process(cmd, env={**os.environ, "ARIZE_API_KEY": key}, check=False)
 
