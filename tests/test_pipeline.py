@@ -11,11 +11,10 @@ from typing import Any
 import anyio
 import orjson
 import pytest
-from aiohttp import web
 
 import ingest
 from ingest.checkpoint import CheckpointJournal, read_journal
-from ingest.fake import FakeArize, make_app
+from ingest.fake import FakeArize, serve
 
 
 def write_rows(path: Path, n: int, *, extra: bytes = b"") -> list[bytes]:
@@ -483,19 +482,15 @@ async def test_concurrency_over_100_never_waits_for_a_pooled_connection(tmp_path
     state = FakeArize(api_key="pool-key")
     dataset_id = state.create_dataset(name="pool")
     state.faults.latency = 2.0  # a request that waited for a pooled one would take 4 s
-    runner = web.AppRunner(make_app(state), access_log=None)
-    await runner.setup()
-    # A deep accept queue: 200 connections at once must not wait for SYN retransmits.
-    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-    await site.start()
     rows = 200
     (tmp_path / "rows.jsonl").write_bytes(b"".join(b'{"i": %d}\n' % i for i in range(rows)))
-    try:
+    # The fake's own server: its accept queue must hold 200 connections at once too.
+    async with serve(state) as url:
         summary = await ingest.upload(
             api_key="pool-key",
             input=str(tmp_path / "rows.jsonl"),
             dataset_id=dataset_id,
-            base_url=f"http://127.0.0.1:{runner.addresses[0][1]}",
+            base_url=url,
             batch_rows=1,
             concurrency=rows,
             request_timeout=3.5,
@@ -503,8 +498,6 @@ async def test_concurrency_over_100_never_waits_for_a_pooled_connection(tmp_path
             backoff_base=0.01,
             backoff_max=0.05,
         )
-    finally:
-        await runner.cleanup()
     assert (summary.exit_code, summary.rows_delivered, summary.requests) == (0, rows, rows + 1)
     assert summary.unknown_resent == 0 and summary.retries.get("timeout", 0) == 0
     assert sorted(ex["i"] for ex in state.examples(dataset_id)) == list(range(rows))

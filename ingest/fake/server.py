@@ -23,7 +23,9 @@ async def serve(state: FakeArize, *, host: str = "127.0.0.1", port: int = 0) -> 
     runner = web.AppRunner(make_app(state), access_log=None, handle_signals=False)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        # A deep accept queue: aiohttp's default of 128 drops SYNs when more clients than
+        # that connect at once (--concurrency goes to 256), and each retransmit costs 1 s.
+        site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024)
         await site.start()
         bound_port = runner.addresses[0][1]
         url_host = f"[{host}]" if ":" in host else host
