@@ -38,6 +38,15 @@ def changed_under_run(had: int, ends: int) -> BrokenInput:
     )
 
 
+def rewritten_under_run(why: str) -> BrokenInput:
+    """The input was replaced or written to while the run read it."""
+    return BrokenInput(
+        f"the input changed under the run: {why}. Rows read since may be of the new "
+        "content, so the run is not complete; restore the original file and re-run to "
+        "resume, or start over with --restart (rows already sent would be sent again)"
+    )
+
+
 def _damaged(member: int, start: int, what: str) -> BrokenInput:
     return BrokenInput(
         f"gzip member {member} (from compressed byte {start:,}) {what}: no row of it is sent; "

@@ -153,3 +153,23 @@ def _read_header(path: str) -> dict[str, Any] | None:
     except (OSError, orjson.JSONDecodeError):
         return None
     return header if isinstance(header, dict) and header.get("t") == "header" else None
+
+
+def changed_since(path: str, recorded: dict[str, Any]) -> str | None:
+    """Why ``path`` no longer looks like the input ``recorded`` describes, or None.
+
+    One ``stat``: cheap enough for the end of every read. It catches a file
+    rewritten in place during the run (``cp`` truncates and writes again, so the
+    size may come back whole), which reading alone cannot tell.
+    """
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return f"it cannot be looked at any more ({exc.strerror})"
+    size = recorded.get("size")
+    if isinstance(size, int) and st.st_size != size:
+        return f"it had {size:,} bytes when the run started and has {st.st_size:,} now"
+    mtime = recorded.get("mtime_ns")
+    if isinstance(mtime, int) and st.st_mtime_ns != mtime:
+        return "it was written to during the run (its modification time changed)"
+    return None

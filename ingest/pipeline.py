@@ -39,6 +39,7 @@ from ingest.errors import (
     IngestError,
     SourceError,
 )
+from ingest.identity import changed_since
 from ingest.preflight import preflight, refusal_message
 from ingest.redact import RedactFilter
 from ingest.report import Progress, RunStats, Summary, summarize
@@ -245,6 +246,12 @@ class _Run:
             stopping=stopping,
         )
 
+    def _input_changed(self) -> str | None:
+        """Why the input is not the one the checkpoint records any more (at its end: one stat)."""
+        if self.config.input == "-":
+            return None
+        return changed_since(self.config.input, _recorded_input(self.state.fingerprint))
+
     async def _stages(self, client: DatasetsClient) -> None:
         c = self.config
         start_line, start_offset = self.state.covered.prefix()
@@ -256,6 +263,7 @@ class _Run:
                 start_offset=start_offset,
                 skip=self.state.covered.skipper() if len(self.state.covered) else None,
                 expected_size=_fingerprinted_size(self.state.fingerprint),
+                changed=self._input_changed,
             )
         )
         limiter = AsyncLimiter(1, 1 / c.rate) if c.rate else None
@@ -365,6 +373,11 @@ class _Run:
                     await out.send(last)
         except anyio.BrokenResourceError:
             pass  # the workers stopped (a stop request): queued rows stay unsent
+
+
+def _recorded_input(fp: dict[str, Any] | None) -> dict[str, Any]:
+    recorded = (fp or {}).get("input")
+    return recorded if isinstance(recorded, dict) else {}
 
 
 def _fingerprinted_size(fp: dict[str, Any] | None) -> int | None:

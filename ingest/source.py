@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +24,13 @@ from typing import IO, Any
 import orjson
 
 from ingest.errors import SourceError
-from ingest.gzipped import GZIP_MAGIC, BrokenInput, GzipStream, changed_under_run
+from ingest.gzipped import (
+    GZIP_MAGIC,
+    BrokenInput,
+    GzipStream,
+    changed_under_run,
+    rewritten_under_run,
+)
 
 BOM = b"\xef\xbb\xbf"
 RESERVED_FIELDS = frozenset({"id", "created_at", "updated_at", "time", "count"})
@@ -184,6 +191,7 @@ class JsonlSource:
         start_offset: int = 0,
         skip: Callable[[int], bool] | None = None,
         expected_size: int | None = None,
+        changed: Callable[[], str | None] | None = None,
     ) -> None:
         self.path = path
         self.max_row_bytes = max_row_bytes
@@ -193,6 +201,7 @@ class JsonlSource:
         self._line = start_line - 1
         self._offset = start_offset
         self._skip = skip
+        self._changed = changed
         self.skipped = 0
         self._error: SourceError | None = None
         self._unready: tuple[int, int] | None = (start_line, start_offset)
@@ -255,8 +264,11 @@ class JsonlSource:
                     if size == cap:
                         size += self._skip_rest_of_line()  # never held whole: memory stays flat
                     elif expected is not None and offset + size < expected:
-                        raise changed_under_run(expected, offset + size)  # a line cut short
+                        # A line cut short; the message says how long the file is now.
+                        raise changed_under_run(expected, self._size_now(offset + size))
                     elif not size:
+                        if self._changed is not None and (why := self._changed()) is not None:
+                            raise rewritten_under_run(why)  # not the input the run began with
                         break
                 number += 1
                 start = offset
@@ -306,6 +318,13 @@ class JsonlSource:
         finally:
             self._line, self._offset = number, offset
         return chunk
+
+    def _size_now(self, read: int) -> int:
+        """The input's size now (the reader's buffer may hold bytes cut since), else ``read``."""
+        try:
+            return min(read, os.fstat(self._file.fileno()).st_size)
+        except (OSError, ValueError):
+            return read
 
     def _skip_rest_of_line(self) -> int:
         """Read past the rest of an over-long line in bounded steps; return its bytes."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -415,6 +416,43 @@ async def test_an_input_truncated_during_the_run_is_not_complete(fake: Any, tmp_
     state = read_journal(error.summary.checkpoint)
     assert state.finished is None
     assert state.delivered_rows == fake.state.example_count(fake.dataset_id) < 60_000
+
+
+async def test_an_input_rewritten_in_place_during_the_run_is_not_complete(
+    fake: Any, tmp_path: Path
+) -> None:
+    """A file replaced in place mid-run (cp over it: same size again) is a SourceError."""
+    path = tmp_path / "rows.jsonl"
+    write_rows(path, 60_000)
+    other = tmp_path / "other.jsonl"
+    other.write_bytes(path.read_bytes().replace(b'"question"', b'"QUESTION"'))
+    assert other.stat().st_size == path.stat().st_size
+    fake.state.faults.latency = 0.02  # the reader stays far behind the end of the file
+    outcome: list[object] = []
+
+    async def run() -> None:
+        try:
+            outcome.append(
+                await ingest.upload(
+                    api_key=fake.api_key, **settings(fake, tmp_path, batch_rows=100, concurrency=2)
+                )
+            )
+        except ingest.SourceError as exc:
+            outcome.append(exc)
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            for _ in range(5000):  # poll until the first rows land
+                if fake.state.example_count(fake.dataset_id):
+                    break
+                await anyio.sleep(0.01)
+            shutil.copyfile(other, path)  # truncates, then writes the same size back
+            fake.state.faults.latency = 0.0
+    [error] = outcome
+    assert isinstance(error, ingest.SourceError), f"the run ended as {error}"
+    assert "changed under the run: it was written to during the run" in str(error)
+    assert read_journal(error.summary.checkpoint).finished is None
 
 
 async def test_a_stop_abandons_batches_waiting_to_retry(fake: Any, tmp_path: Path) -> None:
