@@ -9,6 +9,7 @@ it, so no delivered batch is forgotten.
 
 from __future__ import annotations
 
+import errno
 import os
 
 from ingest.errors import RejectsFileError
@@ -54,10 +55,27 @@ class RejectsFile:
         """Write ``data`` at the end and fsync it (blocking: the writer thread calls it)."""
         if self._fd is None:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        else:
+            self._still_named()
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view) :]
         os.fsync(self._fd)
+
+    def _still_named(self) -> None:
+        """Raise OSError if the path no longer names the open file (removed or moved mid-run).
+
+        Lines written to an unlinked file exist nowhere, yet the journal would have
+        them as rejected: the run must stop before it records any more.
+        """
+        assert self._fd is not None
+        opened = os.fstat(self._fd)
+        try:
+            named = os.stat(self.path)
+        except FileNotFoundError:
+            named = None
+        if named is None or (named.st_dev, named.st_ino) != (opened.st_dev, opened.st_ino):
+            raise OSError(errno.ENOENT, "the file was moved or removed during the run")
 
     def recent(self) -> set[bytes]:
         """The entries at the end of the file, as written; cuts off a torn last line."""

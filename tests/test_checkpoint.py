@@ -278,6 +278,47 @@ async def test_a_rejects_file_that_fails_mid_run_costs_no_done_record(
     assert [orjson.loads(line)["line"] for line in rejects.read_bytes().splitlines()] == [bad + 1]
 
 
+async def test_a_rejects_file_moved_mid_run_stops_the_run_and_loses_no_reject(
+    fake: Any, tmp_path: Path
+) -> None:
+    """Moved (or removed) after its first lines, the rejects file is not written blind."""
+    lines = [b'{"i": %d}\n' % i if i % 200 else b"oops %d\n" % i for i in range(20_000)]
+    (tmp_path / "rows.jsonl").write_bytes(b"".join(lines))
+    bad = {i + 1 for i in range(20_000) if i % 200 == 0}
+    rejects, moved = tmp_path / "rejects.jsonl", tmp_path / "moved.jsonl"
+    fake.state.faults.latency = 0.01
+    config = ingest.RunConfig(
+        input=str(tmp_path / "rows.jsonl"),
+        dataset_id=fake.dataset_id,
+        base_url=fake.url,
+        checkpoint=str(tmp_path / "run.ckpt"),
+        rejects=str(rejects),
+        batch_rows=50,
+        concurrency=2,
+        rate=0,
+    )
+
+    async def move_once_written() -> None:
+        while not rejects.exists() or not rejects.stat().st_size:  # noqa: ASYNC110
+            await anyio.sleep(0.005)
+        os.rename(rejects, moved)
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(move_once_written)
+            with pytest.raises(ingest.RejectsFileError, match="moved or removed during the run"):
+                await ingest.upload(config, api_key=fake.api_key)
+    first = {orjson.loads(line)["line"] for line in moved.read_bytes().splitlines()}
+    journaled = read_journal(config.checkpoint_path)
+    # Every line the journal has as rejected is in the file it was written to.
+    assert journaled.rejected_rows == len(first) and first < bad
+    fake.state.faults.latency = 0.0
+    resumed = await ingest.upload(config, api_key=fake.api_key)
+    assert resumed.exit_code == 6
+    second = [orjson.loads(line)["line"] for line in rejects.read_bytes().splitlines()]
+    assert sorted([*first, *second]) == sorted(bad)  # each bad line in one file, once
+
+
 @pytest.mark.parametrize("where", ["missing/rejects.jsonl", "a-file/rejects.jsonl"])
 async def test_an_unwritable_rejects_path_fails_before_the_first_request(
     fake: Any, tmp_path: Path, where: str
