@@ -48,10 +48,20 @@ def rewritten_under_run(why: str) -> BrokenInput:
 
 
 def _damaged(member: int, start: int, what: str) -> BrokenInput:
-    return BrokenInput(
-        f"gzip member {member} (from compressed byte {start:,}) {what}: no row of it is sent; "
-        "replace the file with an intact copy and re-run"
-    )
+    if start == 0:
+        then = (
+            "no row of the file is sent: replace it with an intact copy and re-run with "
+            "--restart (an intact copy is another input to the checkpoint)"
+        )
+    else:
+        # An intact copy is another input to the checkpoint, and --restart would send the
+        # members before this one again. Its tail from this member on is a gzip of its own.
+        then = (
+            f"no row of it is sent, while the {member - 1} member(s) before it are delivered. "
+            "To send the rest without sending those again, upload the tail of an intact "
+            f"copy as a new input: tail -c +{start + 1} INTACT.gz > rest.jsonl.gz"
+        )
+    return BrokenInput(f"gzip member {member} (from compressed byte {start:,}) {what}: {then}")
 
 
 class GzipStream(io.RawIOBase):

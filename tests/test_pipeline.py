@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -377,6 +378,30 @@ async def test_rows_of_intact_members_land_before_a_damaged_one(fake: Any, tmp_p
         )
     assert sorted(by_row(fake.state.examples(fake.dataset_id))) == list(range(3000))
     assert read_journal(info.value.summary.checkpoint).finished is None
+
+
+async def test_the_advice_after_a_damaged_member_sends_the_rest_once(
+    fake: Any, tmp_path: Path
+) -> None:
+    """Following the message (the tail of an intact copy) sends the rest, with no row twice."""
+    head, tail = gzip.compress(gz_rows(0, 3000)), gzip.compress(gz_rows(3000, 3000))
+    damaged = bytearray(tail)
+    damaged[len(damaged) // 2] ^= 0x04
+    (tmp_path / "rows.jsonl.gz").write_bytes(head + damaged)
+    with pytest.raises(ingest.SourceError) as info:
+        await ingest.upload(
+            api_key=fake.api_key, **settings(fake, tmp_path, input=str(tmp_path / "rows.jsonl.gz"))
+        )
+    advice = re.search(r"tail -c \+(\d+) INTACT\.gz", str(info.value))
+    assert advice is not None, str(info.value)
+    intact = head + tail
+    (tmp_path / "rest.jsonl.gz").write_bytes(intact[int(advice.group(1)) - 1 :])  # tail -c +N
+    rest = await ingest.upload(
+        api_key=fake.api_key, **settings(fake, tmp_path, input=str(tmp_path / "rest.jsonl.gz"))
+    )
+    assert rest.exit_code == 0
+    stored = by_row(fake.state.examples(fake.dataset_id))
+    assert sorted(stored) == list(range(6000)) and {len(v) for v in stored.values()} == {1}
 
 
 async def test_an_input_truncated_during_the_run_is_not_complete(fake: Any, tmp_path: Path) -> None:
