@@ -91,13 +91,18 @@ async def upload(
     run = _Run(opened, key, journal, state, stop or anyio.Event(), progress)
     redacting = RedactFilter(key)  # on the logger: before any handler sees a record
     log.addFilter(redacting)
+    failed = True
     try:
-        return await run.execute()
+        summary = await run.execute()
+        failed = False
+        return summary
     finally:
         log.removeFilter(redacting)
-        if state.attempts == 0 and not run.passed_preflight:
-            # A run refused before reading anything leaves no checkpoint behind
-            # (unlinked while the lock is held, so no other run can have taken it).
+        # Refused before a row was read or sent (a wrong key; gzip on stdin): a first run
+        # leaves no checkpoint behind, unlinked while the lock is held, so no other run
+        # can have taken it.
+        refused = not run.passed_preflight or (failed and run.untouched)
+        if state.attempts == 0 and refused:
             with contextlib.suppress(OSError):
                 os.unlink(opened.checkpoint_path)
         journal.release()
@@ -128,6 +133,12 @@ class _Run:
         self.stats = RunStats(rows_skipped=state.delivered_rows + state.rejected_rows)
         self.exhausted = False
         self.complete = False
+
+    @property
+    def untouched(self) -> bool:
+        """Whether no row was read, rejected or sent: only the preflight went out."""
+        s = self.stats
+        return s.rows_read == 0 and s.rows_rejected == 0 and s.requests <= 1
 
     def summary(self, status: str, exit_code: int, message: str = "") -> Summary:
         # Counted by the journal, by the rule `ingest status` applies to it (RunResends).

@@ -327,6 +327,7 @@ def test_gzip_on_stdin_is_refused_and_a_damaged_gz_sends_nothing(
     piped = subprocess.run(cmd, input=bytes(packed), env=env, capture_output=True, timeout=60)
     assert piped.returncode == 2
     assert b"stdin holds gzip data" in piped.stderr and b"--input" in piped.stderr
+    assert not (tmp_path / "run.ckpt").exists()  # refused before a row: nothing to resume
     packed[len(packed) // 2] ^= 0x04
     (tmp_path / "rows.jsonl.GZ").write_bytes(packed)
     cmd = ingest_cmd(tmp_path, server, "--checkpoint", str(tmp_path / "gz.ckpt"))
@@ -335,3 +336,7 @@ def test_gzip_on_stdin_is_refused_and_a_damaged_gz_sends_nothing(
     assert damaged.returncode == 2
     assert "rows.jsonl.GZ: gzip member 1 (from compressed byte 0) is damaged" in damaged.stderr
     assert list(list_all(server, DATASET)) == []
+    stdin = ingest_cmd(tmp_path, server)
+    stdin[stdin.index("--input") + 1] = "-"
+    plain = subprocess.run(stdin, input=(tmp_path / "rows.jsonl").read_bytes(), env=env, timeout=60)
+    assert plain.returncode == 0  # the refused gzip left no checkpoint to refuse this run

@@ -185,7 +185,7 @@ def test_a_bad_crc_delivers_no_row_of_its_member(tmp_path: Path) -> None:
     packed[-8] ^= 0xFF  # the CRC-32 in the trailer
     path = tmp_path / "in.jsonl.gz"
     path.write_bytes(packed)
-    error = r"member 1 .* is damaged \(.*incorrect data check\): no row of it is sent"
+    error = r"member 1 .* is damaged \(.*incorrect data check\): no row of the file is sent"
     assert read_until_error(JsonlSource(str(path), max_row_bytes=1 << 20), error) == []
 
 

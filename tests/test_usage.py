@@ -217,10 +217,10 @@ def test_an_abbreviated_flag_is_refused_not_guessed(tmp_path: Path) -> None:
 
 
 def test_a_device_as_checkpoint_is_a_clear_error_with_its_json_object(tmp_path: Path) -> None:
-    """`--checkpoint /dev/full` exits 2: a checkpoint must be a file; --json gets its object."""
+    """`--checkpoint /dev/null` exits 2: a checkpoint must be a file; --json gets its object."""
     write_rows(tmp_path / "rows.jsonl", 3)
     cmd = ingest_cmd(tmp_path, "http://127.0.0.1:9", "--json")
-    cmd[cmd.index("--checkpoint") + 1] = "/dev/full"
+    cmd[cmd.index("--checkpoint") + 1] = "/dev/null"
     done = run_ingest(cmd)
     assert done.returncode == 2, done.stderr
     assert "must be a regular file" in orjson.loads(done.stdout)["message"]
