@@ -125,8 +125,7 @@ class RetryingCaller:
             if action in (Action.AUTH, Action.NOT_FOUND, Action.FAIL):
                 assert reply is not None
                 raise self._fatal(action, reply, what)
-            unknown = action is Action.RETRY_UNKNOWN and on_unknown is not None
-            if unknown and on_unknown is not None:
+            if action is Action.RETRY_UNKNOWN and on_unknown is not None:
                 await on_unknown(cause)  # journaled whether or not the rows go again
             fives = fives + 1 if reply is not None and reply.status == 500 else 0
             if reply is not None and reply.status in ROW_ERROR_STATUSES:

@@ -136,9 +136,9 @@ class _Run:
 
     @property
     def untouched(self) -> bool:
-        """Whether no row was read, rejected or sent: only the preflight went out."""
-        s = self.stats
-        return s.rows_read == 0 and s.rows_rejected == 0 and s.requests <= 1
+        """Whether no row was read or rejected, so none was sent (rows are counted read
+        before the batcher gets them); the preflight may have taken several requests."""
+        return self.stats.rows_read == 0 and self.stats.rows_rejected == 0
 
     def summary(self, status: str, exit_code: int, message: str = "") -> Summary:
         # Counted by the journal, by the rule `ingest status` applies to it (RunResends).
@@ -393,5 +393,5 @@ def _recorded_input(fp: dict[str, Any] | None) -> dict[str, Any]:
 
 def _fingerprinted_size(fp: dict[str, Any] | None) -> int | None:
     """The input's size when its checkpoint was taken: reading must get that far."""
-    size = (fp or {}).get("input", {}).get("size")
+    size = _recorded_input(fp).get("size")
     return size if isinstance(size, int) else None

@@ -101,11 +101,11 @@ class Sender:
         """Deliver one batch, halving it while the server refuses rows in it or its size."""
         if self._caller.stopping.is_set():
             raise Abandoned  # not sent yet: the resumed run sends it
+        server_error: ServerErrorEveryTime | None = None
         try:
             reply = await self.post(batch)
-            reason = f"refused by the server: {reply.problem()}"
         except ServerErrorEveryTime as exc:
-            reply, reason = exc.reply, self._server_error_reason(batch, exc)
+            reply, server_error = exc.reply, exc
         if classify(reply.status) is Action.DELIVERED:
             self._server_error_rejects = self._server_error_rejects_before = 0
             await self._done(batch, len(batch.rows), await self._example_ids(batch, reply))
@@ -123,6 +123,12 @@ class Sender:
             await self.deliver(first)
             await self.deliver(second)
         else:
+            # Made only for a reject: a 2xx's body need not be parsed for a refusal's text.
+            reason = (
+                self._server_error_reason(batch, server_error)
+                if server_error is not None
+                else f"refused by the server: {reply.problem()}"
+            )
             reject = Reject(
                 batch.last_line,
                 batch.starts[0],  # the row's own line, not the blank lines before it
@@ -165,19 +171,18 @@ class Sender:
         got = _ids_problem(ids, len(batch.rows)) if isinstance(doc, dict) else None
         if isinstance(ids, list) and got is None:
             return ids
-        await self._journal.write(
-            {
-                "t": "unknown",
-                "seq": batch.seq,
-                "part": batch.part,
-                "cause": f"HTTP {reply.status} with {got or 'a body that is not JSON'}",
-            },
-            durable=False,
-        )
+        await self._unknown(batch, f"HTTP {reply.status} with {got or 'a body that is not JSON'}")
         raise BaseUrlError(
             f"{batch.name}: {reply.not_the_api('JSON with one example id per row', got)}. "
             "Whether its rows were stored is unknown: they are not counted as delivered, "
             "and re-running the same command sends them again (they may then be duplicated)"
+        )
+
+    async def _unknown(self, batch: Batch, cause: str) -> None:
+        """Journal that ``batch`` may have been stored (an answer that hides the outcome)."""
+        await self._journal.write(
+            {"t": "unknown", "seq": batch.seq, "part": batch.part, "cause": cause},
+            durable=False,
         )
 
     async def _done(self, batch: Batch, rows: int, example_ids: list[Any]) -> None:
@@ -211,17 +216,11 @@ class Sender:
                 }
             )
 
-        async def unknown(cause: str) -> None:
-            await self._journal.write(
-                {"t": "unknown", "seq": batch.seq, "part": batch.part, "cause": cause},
-                durable=False,
-            )
-
         return await self._caller.call(
             lambda: self._append(body),
             batch.name,
             on_first_send=sending,
-            on_unknown=unknown,
+            on_unknown=lambda cause: self._unknown(batch, cause),
             split_after_500s=2 if len(batch.rows) > 1 else None,
             reject_row_errors=len(batch.rows) == 1,
         )
@@ -253,6 +252,6 @@ def _ids_problem(ids: Any, rows: int) -> str | None:
             f"JSON in which {bad} of {rows} example_ids are not ids "
             "(an id is a non-empty string or an integer)"
         )
-    if len(set(ids)) != rows:
-        return f"JSON whose example_ids repeat ({len(set(ids))} distinct for {rows} rows)"
+    if (distinct := len(set(ids))) != rows:
+        return f"JSON whose example_ids repeat ({distinct} distinct for {rows} rows)"
     return None
