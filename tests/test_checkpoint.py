@@ -227,6 +227,20 @@ def poisoned_rows(path: Path, n: int, poison: int, invalid: bool = False) -> Non
     path.write_bytes(b"".join((bad if i == poison else b'{"i": %d}\n') % i for i in range(n)))
 
 
+def rejects_run(fake: Any, tmp_path: Path, rejects: Path, *, batch_rows: int) -> ingest.RunConfig:
+    """A run of tmp_path/rows.jsonl into the fake, with its rejects file at ``rejects``."""
+    return ingest.RunConfig(
+        input=str(tmp_path / "rows.jsonl"),
+        dataset_id=fake.dataset_id,
+        base_url=fake.url,
+        checkpoint=str(tmp_path / "run.ckpt"),
+        rejects=str(rejects),
+        batch_rows=batch_rows,
+        concurrency=2,
+        rate=0,
+    )
+
+
 @pytest.mark.parametrize("refused_by", ["server", "reader"])
 async def test_a_rejects_file_that_fails_mid_run_costs_no_done_record(
     fake: Any, tmp_path: Path, refused_by: str
@@ -239,16 +253,7 @@ async def test_a_rejects_file_that_fails_mid_run_costs_no_done_record(
     rejects = folder / "rejects.jsonl"
     fake.state.faults.refuse_field = "poison"
     fake.state.faults.latency = 0.005
-    config = ingest.RunConfig(
-        input=str(tmp_path / "rows.jsonl"),
-        dataset_id=fake.dataset_id,
-        base_url=fake.url,
-        checkpoint=str(tmp_path / "run.ckpt"),
-        rejects=str(rejects),
-        batch_rows=100,
-        concurrency=2,
-        rate=0,
-    )
+    config = rejects_run(fake, tmp_path, rejects, batch_rows=100)
 
     async def remove_folder_once_rows_land() -> None:
         while fake.state.example_count(fake.dataset_id) < 100:  # noqa: ASYNC110
@@ -287,16 +292,7 @@ async def test_a_rejects_file_moved_mid_run_stops_the_run_and_loses_no_reject(
     bad = {i + 1 for i in range(20_000) if i % 200 == 0}
     rejects, moved = tmp_path / "rejects.jsonl", tmp_path / "moved.jsonl"
     fake.state.faults.latency = 0.01
-    config = ingest.RunConfig(
-        input=str(tmp_path / "rows.jsonl"),
-        dataset_id=fake.dataset_id,
-        base_url=fake.url,
-        checkpoint=str(tmp_path / "run.ckpt"),
-        rejects=str(rejects),
-        batch_rows=50,
-        concurrency=2,
-        rate=0,
-    )
+    config = rejects_run(fake, tmp_path, rejects, batch_rows=50)
 
     async def move_once_written() -> None:
         while not rejects.exists() or not rejects.stat().st_size:  # noqa: ASYNC110

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -404,11 +405,10 @@ async def test_the_advice_after_a_damaged_member_sends_the_rest_once(
     assert sorted(stored) == list(range(6000)) and {len(v) for v in stored.values()} == {1}
 
 
-async def test_an_input_truncated_during_the_run_is_not_complete(fake: Any, tmp_path: Path) -> None:
-    """A file cut short while the run reads it ends in a SourceError, never as complete."""
-    path = tmp_path / "rows.jsonl"
-    write_rows(path, 60_000)
-    size = path.stat().st_size
+async def upload_changing_the_input(
+    fake: Any, tmp_path: Path, change: Callable[[], object]
+) -> object:
+    """Upload rows.jsonl, ``change`` it once the first rows land; the summary or SourceError."""
     fake.state.faults.latency = 0.02  # the reader stays far behind the end of the file
     outcome: list[object] = []
 
@@ -429,10 +429,23 @@ async def test_an_input_truncated_during_the_run_is_not_complete(fake: Any, tmp_
                 if fake.state.example_count(fake.dataset_id):
                     break
                 await anyio.sleep(0.01)
-            with path.open("r+b") as f:
-                f.truncate(size // 2)
+            change()
             fake.state.faults.latency = 0.0
-    [error] = outcome
+    [result] = outcome
+    return result
+
+
+async def test_an_input_truncated_during_the_run_is_not_complete(fake: Any, tmp_path: Path) -> None:
+    """A file cut short while the run reads it ends in a SourceError, never as complete."""
+    path = tmp_path / "rows.jsonl"
+    write_rows(path, 60_000)
+    size = path.stat().st_size
+
+    def truncate() -> None:
+        with path.open("r+b") as f:
+            f.truncate(size // 2)
+
+    error = await upload_changing_the_input(fake, tmp_path, truncate)
     assert isinstance(error, ingest.SourceError), f"the run ended as {error}"
     assert f"it had {size:,} bytes when the run started, it ends at byte {size // 2:,}" in str(
         error
@@ -452,29 +465,8 @@ async def test_an_input_rewritten_in_place_during_the_run_is_not_complete(
     other = tmp_path / "other.jsonl"
     other.write_bytes(path.read_bytes().replace(b'"question"', b'"QUESTION"'))
     assert other.stat().st_size == path.stat().st_size
-    fake.state.faults.latency = 0.02  # the reader stays far behind the end of the file
-    outcome: list[object] = []
-
-    async def run() -> None:
-        try:
-            outcome.append(
-                await ingest.upload(
-                    api_key=fake.api_key, **settings(fake, tmp_path, batch_rows=100, concurrency=2)
-                )
-            )
-        except ingest.SourceError as exc:
-            outcome.append(exc)
-
-    with anyio.fail_after(60):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(run)
-            for _ in range(5000):  # poll until the first rows land
-                if fake.state.example_count(fake.dataset_id):
-                    break
-                await anyio.sleep(0.01)
-            shutil.copyfile(other, path)  # truncates, then writes the same size back
-            fake.state.faults.latency = 0.0
-    [error] = outcome
+    # cp truncates, then writes the same size back
+    error = await upload_changing_the_input(fake, tmp_path, lambda: shutil.copyfile(other, path))
     assert isinstance(error, ingest.SourceError), f"the run ended as {error}"
     assert "changed under the run: it was written to during the run" in str(error)
     assert read_journal(error.summary.checkpoint).finished is None
