@@ -49,6 +49,20 @@ def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> 
 
 
 @asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """Serve ``app`` on a free port of 127.0.0.1; yield its base URL."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    # A deep accept queue: a burst of connections must not wait for SYN retransmits.
+    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
 async def scripted_server(
     answer: Callable[[list[dict[str, Any]], Scripted], web.Response],
 ) -> AsyncIterator[Scripted]:
@@ -66,11 +80,6 @@ async def scripted_server(
     app = web.Application(client_max_size=64 << 20)
     app.router.add_get("/v2/datasets/{id}", get_dataset)
     app.router.add_post("/v2/datasets/{id}/examples", append)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    server.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    try:
+    async with serving(app) as url:
+        server.url = url
         yield server
-    finally:
-        await runner.cleanup()

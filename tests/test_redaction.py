@@ -12,8 +12,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -21,6 +19,7 @@ import anyio
 import orjson
 import pytest
 from aiohttp import web
+from scripted import serving
 from test_cli import ingest_cmd
 
 from ingest.checkpoint import CheckpointJournal
@@ -30,19 +29,6 @@ from ingest.redact import redact
 
 KEY = "sk-live/0123456789+abcdef"
 DATASET = "cmVkYWN0OnRlc3Q="
-
-
-@asynccontextmanager
-async def serving(app: web.Application) -> AsyncIterator[str]:
-    """Serve ``app`` on a free port of 127.0.0.1; yield its base URL."""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
 
 
 async def run_ingest(

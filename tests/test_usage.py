@@ -16,6 +16,7 @@ import anyio
 import orjson
 import pytest
 from fakeproc import fake_process
+from scripted import serving
 from test_cli import DATASET, KEY, ingest_cmd, list_all, run_ingest, start_until_done, write_rows
 
 import ingest
@@ -236,19 +237,12 @@ async def test_a_bare_404_points_at_the_base_url_too(tmp_path: Path) -> None:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", not_found)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     write_rows(tmp_path / "rows.jsonl", 3)
-    try:
+    async with serving(app) as url:
         with pytest.raises(ingest.DatasetNotFoundError, match="or --base-url"):
             await ingest.upload(
                 api_key=KEY,
                 input=str(tmp_path / "rows.jsonl"),
                 dataset_id=DATASET,
-                base_url=f"http://127.0.0.1:{port}/api",
+                base_url=f"{url}/api",
             )
-    finally:
-        await runner.cleanup()

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,26 +16,13 @@ import anyio
 import orjson
 import pytest
 from aiohttp import web
+from scripted import serving
 
 import ingest
 from ingest.checkpoint import read_journal
 
 KEY = "wrong-server-key"
 DATASET = "d3Jvbmc6c2VydmVyLzE="
-
-
-@asynccontextmanager
-async def serving(app: web.Application) -> AsyncIterator[str]:
-    """Serve ``app`` on a free port of 127.0.0.1; yield its base URL."""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    # A deep accept queue: a burst of connections must not wait for SYN retransmits.
-    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
 
 
 async def a_dataset(request: web.Request) -> web.Response:
