@@ -38,16 +38,20 @@ class Batch:
     ends: tuple[int, ...]
     starts: tuple[int, ...]  # where each row's own line begins (``start`` may be earlier)
     part: str = ""
+    keys: tuple[str, ...] = ()  # each row's key, when the run keys its rows
+    # The last line and end byte covered, when they lie past the last row: a batch of
+    # the rows of another found missing still covers the lines of those found present.
+    tail: tuple[int, int] | None = None
 
     @property
     def last_line(self) -> int:
-        """The line of the last row."""
-        return self.lines[-1]
+        """The last line the batch covers: its last row's, or its ``tail``."""
+        return self.lines[-1] if self.tail is None else self.tail[0]
 
     @property
     def end(self) -> int:
-        """The byte offset just after the last row's line."""
-        return self.ends[-1]
+        """The byte offset just after the last line the batch covers."""
+        return self.ends[-1] if self.tail is None else self.tail[1]
 
     @property
     def name(self) -> str:
@@ -73,6 +77,7 @@ class Batch:
             self.ends[:mid],
             self.starts[:mid],
             self.part + "0",
+            self.keys[:mid],
         )
         second = Batch(
             self.seq,
@@ -83,8 +88,25 @@ class Batch:
             self.ends[mid:],
             self.starts[mid:],
             self.part + "1",
+            self.keys[mid:],
+            self.tail,
         )
         return first, second
+
+    def only(self, rows: list[int], part: str) -> Batch:
+        """The rows at indexes ``rows`` (in order), covering the same lines as the whole."""
+        return Batch(
+            self.seq,
+            self.first_line,
+            self.start,
+            tuple(self.rows[i] for i in rows),
+            tuple(self.lines[i] for i in rows),
+            tuple(self.ends[i] for i in rows),
+            tuple(self.starts[i] for i in rows),
+            part,
+            tuple(self.keys[i] for i in rows),
+            (self.last_line, self.end),
+        )
 
 
 def body_size(rows: int, row_bytes: int) -> int:
@@ -96,8 +118,8 @@ class Batcher:
     """Accumulates records and hands out full batches.
 
     batcher = Batcher(batch_rows=500, batch_bytes=4 << 20)
-    for record in records:
-        if (batch := batcher.add(record)) is not None:
+    for chunk in chunks:
+        for batch in batcher.extend(chunk.rows, chunk.lines, chunk.ends, chunk.starts):
             send(batch)
     if (batch := batcher.flush()) is not None:
         send(batch)
@@ -123,6 +145,7 @@ class Batcher:
         self._lines: list[int] = []
         self._ends: list[int] = []
         self._starts: list[int] = []
+        self._keys: list[str] = []
         self._bytes = 0
         self._first_seq = first_seq
 
@@ -137,9 +160,15 @@ class Batcher:
         return len(self._rows)
 
     def extend(
-        self, rows: list[bytes], lines: list[int], ends: list[int], starts: list[int]
+        self,
+        rows: list[bytes],
+        lines: list[int],
+        ends: list[int],
+        starts: list[int],
+        keys: list[str] | None = None,
     ) -> list[Batch]:
-        """Add rows (with their lines, end and start offsets); return the batches they filled."""
+        """Add rows (with their lines, end and start offsets, and keys if keyed); return
+        the batches they filled."""
         full: list[Batch] = []
         i, n = 0, len(rows)
         while i < n:
@@ -158,6 +187,8 @@ class Batcher:
             self._lines.extend(lines[i : i + fit])
             self._ends.extend(ends[i : i + fit])
             self._starts.extend(starts[i : i + fit])
+            if keys:
+                self._keys.extend(keys[i : i + fit])
             self._bytes += sum(sizes[:fit])
             i += fit
             if fit < len(take) or len(self._rows) == self.batch_rows:
@@ -178,11 +209,13 @@ class Batcher:
             tuple(self._lines),
             tuple(self._ends),
             tuple(self._starts),
+            keys=tuple(self._keys),
         )
         self._seq += 1
         self._first_line = batch.last_line + 1
         self._start = batch.end
         self._rows, self._lines, self._ends, self._starts, self._bytes = [], [], [], [], 0
+        self._keys = []
         return batch
 
 
@@ -192,6 +225,6 @@ def batch_chunks(
     """All the batches the rows of ``chunks`` make, in order."""
     batcher = Batcher(batch_rows=batch_rows, batch_bytes=batch_bytes, first_seq=first_seq)
     for chunk in chunks:
-        yield from batcher.extend(chunk.rows, chunk.lines, chunk.ends, chunk.starts)
+        yield from batcher.extend(chunk.rows, chunk.lines, chunk.ends, chunk.starts, chunk.keys)
     if (batch := batcher.flush()) is not None:
         yield batch

@@ -53,6 +53,16 @@ class ServerErrorEveryTime(Exception):
         self.attempts = attempts
 
 
+class UnknownOutcome(Exception):
+    """A request was sent and its answer hides whether it was committed (5xx, timeout, ...)."""
+
+    def __init__(self, cause: str, reply: Reply | None) -> None:
+        super().__init__(cause)
+        self.cause = cause
+        self.status = reply.status if reply is not None else None
+        self.problem = reply.problem() if reply is not None else cause
+
+
 class RetryingCaller:
     """Makes requests within the retry bounds; one per run, shared by every worker.
 
@@ -88,6 +98,7 @@ class RetryingCaller:
         on_unknown: Callable[[str], Awaitable[None]] | None = None,
         split_after_500s: int | None = None,
         reject_row_errors: bool = False,
+        settle_unknown: bool = False,
     ) -> Reply:
         """Make ``request`` until it answers 2xx or refuses the rows, within the retry bounds.
 
@@ -98,6 +109,8 @@ class RetryingCaller:
         stop never leaves one in flight that was not.
         With ``reject_row_errors``, bounds that run out after a row error (HTTP 500)
         on every attempt raise ``ServerErrorEveryTime``, so the caller rejects the row.
+        With ``settle_unknown``, an unknown outcome is not retried: it raises
+        ``UnknownOutcome`` (after ``on_unknown``), so the caller looks the rows up first.
 
         Raises ``AuthError``, ``DatasetNotFoundError`` or ``DeliveryError`` on a refusal
         retrying cannot fix, and ``RetriesExhaustedError`` when the bounds run out.
@@ -115,7 +128,7 @@ class RetryingCaller:
                 await on_first_send()  # durable before the POST; no stop check after it
                 on_first_send = None
             if owed_retry is not None:
-                self._stats.retries[_bucket(owed_retry)] += 1
+                self._stats.retries[retry_kind(owed_retry)] += 1
             owed_retry = None
             self._stats.requests += 1
             reply, action, cause = await self._attempt(request)
@@ -127,6 +140,8 @@ class RetryingCaller:
                 raise self._fatal(action, reply, what)
             if action is Action.RETRY_UNKNOWN and on_unknown is not None:
                 await on_unknown(cause)  # journaled whether or not the rows go again
+            if action is Action.RETRY_UNKNOWN and settle_unknown:
+                raise UnknownOutcome(cause, reply)
             fives = fives + 1 if reply is not None and reply.status == 500 else 0
             if reply is not None and reply.status in ROW_ERROR_STATUSES:
                 row_errors, last_row_error = row_errors + 1, reply
@@ -217,6 +232,19 @@ class RetryingCaller:
         if self.stopping.is_set():
             raise Abandoned
 
+    @property
+    def policy(self) -> RetryPolicy:
+        """The retry bounds and backoff every request of the run follows."""
+        return self._policy
+
+    def now(self) -> float:
+        """The clock the retry budget is measured on."""
+        return self._clock()
+
+    async def wait(self, seconds: float) -> None:
+        """Wait ``seconds`` unless a stop comes first (then raise ``Abandoned``)."""
+        await self._pause(seconds)
+
     async def _pause(self, seconds: float) -> None:
         """Wait ``seconds``; give up the batch at once if a stop is asked for meanwhile."""
         with anyio.move_on_after(seconds):
@@ -261,7 +289,7 @@ def _secs(seconds: float) -> str:
     return f"{seconds:.0f}s" if seconds >= 10 else f"{seconds:.1f}s"
 
 
-def _bucket(cause: str) -> str:
+def retry_kind(cause: str) -> str:
     """Group causes for the summary: 429, 5xx, 408, timeout, connection."""
     if cause.startswith("HTTP 5"):
         return "5xx"

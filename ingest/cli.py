@@ -99,6 +99,23 @@ def _parser(*, json_wanted: bool = False) -> argparse.ArgumentParser:
         default=None,
         help="start over when the checkpoint is of another input or dataset (old kept as .bak)",
     )
+    run.add_argument(
+        "--key-field-name",
+        metavar="NAME",
+        help="the field each row's key is added as (default ingest_key)",
+    )
+    run.add_argument(
+        "--no-key",
+        action="store_true",
+        default=None,
+        help="add no key field: delivery is then at-least-once (see the README's guarantees)",
+    )
+    run.add_argument(
+        "--settle-lag",
+        type=float,
+        metavar="S",
+        help="seconds a commit may take to show in a search (default 2)",
+    )
     run.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     _verbosity(run)
 
@@ -162,6 +179,9 @@ def _run(args: argparse.Namespace) -> int:
             "max_attempts",
             "max_retry_seconds",
             "restart",
+            "key_field_name",
+            "no_key",
+            "settle_lag",
         )
     }
     try:

@@ -160,6 +160,9 @@ class DatasetsClient:
         query = {"dataset_version_id": dataset_version_id} if dataset_version_id else {}
         self._dataset_url = url.with_query(query)
         self._examples_url = URL(str(url) + "/examples", encoded=True).with_query(query)
+        # The version goes in the body of these two, as the API has it.
+        self._search_url = URL(str(url) + "/examples/search", encoded=True)
+        self._delete_url = URL(str(url) + "/examples", encoded=True)
         self._secret = api_key
         self._headers = {
             "Authorization": f"Bearer {api_key}",
@@ -177,6 +180,14 @@ class DatasetsClient:
     async def append(self, body: bytes) -> Reply:
         """POST a ``{"examples": [...]}`` body to the dataset."""
         return await self._request("POST", self._examples_url, body)
+
+    async def search(self, body: bytes) -> Reply:
+        """POST a search (``{"filter", "limit", "cursor", "dataset_version_id"}``)."""
+        return await self._request("POST", self._search_url, body)
+
+    async def delete_examples(self, body: bytes) -> Reply:
+        """DELETE examples by id (``{"dataset_version_id", "example_ids"}``)."""
+        return await self._request("DELETE", self._delete_url, body)
 
     async def _request(self, method: str, url: URL, body: bytes | None) -> Reply:
         # Never follow a redirect: aiohttp would re-send a POST answered 301/302 as a

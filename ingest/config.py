@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 
 from ingest.batcher import MAX_BATCH_ROWS
 from ingest.errors import ConfigError
+from ingest.keys import DEFAULT_KEY_FIELD
+from ingest.source import RESERVED_FIELDS, RESERVED_PREFIX
 
 API_KEY_ENV = "ARIZE_API_KEY"
 DEFAULT_BASE_URL = "https://api.arize.com"
@@ -62,6 +64,12 @@ class RunConfig:
     # default 30 s termination grace, with room left to flush the journal.
     shutdown_grace: float = 20.0
     restart: bool = False  # discard a checkpoint of another run (kept as <checkpoint>.bak)
+    # Row keys (``ingest.keys``) make delivery exactly-once; without them, at-least-once.
+    key_field_name: str = DEFAULT_KEY_FIELD
+    no_key: bool = False
+    # Seconds a commit may take to show in a search: a look-up that misses a row this
+    # soon after its request looks again before the row is sent again.
+    settle_lag: float = 2.0
 
     def __post_init__(self) -> None:
         # A library caller may pass pathlib.Path (any os.PathLike) for a path.
@@ -118,6 +126,11 @@ class RunConfig:
         base = "stdin" if self.input == "-" else self.input
         return f"{base}.ingest-{self._tag()}"
 
+    @property
+    def key_field(self) -> str | None:
+        """The field each row's key goes in; None when keys are off (``no_key``)."""
+        return None if self.no_key else self.key_field_name
+
     def replace(self, **changes: Any) -> RunConfig:
         """A copy with some settings changed (and validated again)."""
         return RunConfig.from_settings({**_settings_of(self), **changes})
@@ -151,6 +164,12 @@ def _problems(c: RunConfig) -> list[str]:
     )
     if not 1 <= c.max_attempts <= 1000:
         out.append(f"max_attempts must be 1..1000, not {c.max_attempts}")
+    if not c.key_field_name or not c.key_field_name.isprintable():
+        out.append(f"key_field_name must be a printable field name, not {c.key_field_name!r}")
+    elif c.key_field_name in RESERVED_FIELDS or c.key_field_name.startswith(RESERVED_PREFIX):
+        out.append(f"key_field_name {c.key_field_name!r} is a field the API reserves; pick another")
+    if not 0 <= c.settle_lag <= _MAX_SECONDS:
+        out.append(f"settle_lag must be 0..{_MAX_SECONDS:.0f} seconds, not {c.settle_lag}")
     if not 0 <= c.shutdown_grace <= _MAX_SECONDS:
         out.append(f"shutdown_grace must be 0..{_MAX_SECONDS:.0f} seconds, not {c.shutdown_grace}")
     return out

@@ -30,22 +30,26 @@ from aiolimiter import AsyncLimiter
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from ingest.batcher import Batch, Batcher
-from ingest.caller import RetryingCaller
+from ingest.caller import Abandoned, RetryingCaller
 from ingest.checkpoint import CheckpointJournal, JournalState
 from ingest.client import DatasetsClient
 from ingest.config import API_KEY_ENV, RunConfig
 from ingest.errors import (
     ConfigError,
+    DeliveryError,
     IngestError,
     SourceError,
 )
 from ingest.identity import changed_since
+from ingest.lookup import Lookup
 from ingest.preflight import preflight, refusal_message
 from ingest.redact import RedactFilter
+from ingest.replay import merge_spans
 from ingest.report import Progress, RunStats, Summary, summarize
 from ingest.resume import open_checkpoint
 from ingest.retry import RetryPolicy
 from ingest.sender import Sender
+from ingest.settle import Settler
 from ingest.shutdown import Shutdown, first_ingest_error
 from ingest.source import Chunk, JsonlSource, Reject
 
@@ -133,6 +137,7 @@ class _Run:
         self.stats = RunStats(rows_skipped=state.delivered_rows + state.rejected_rows)
         self.exhausted = False
         self.complete = False
+        self.version: str | None = None  # the dataset version written to (the preflight's)
 
     @property
     def untouched(self) -> bool:
@@ -166,11 +171,16 @@ class _Run:
             return self.summary("already-complete", code, "every line was done by an earlier run")
         if self.state.in_flight:
             spans = ", ".join(f"{r['lines'][0]}-{r['lines'][1]}" for r in self.state.in_flight)
+            then = (
+                "their rows are looked up in the dataset, and only the missing ones are sent"
+                if self.config.key_field
+                else "they are sent again and may be duplicated (--no-key)"
+            )
             log.warning(
-                "resuming: %d batches were in flight when the last run stopped (lines %s); "
-                "they are sent again and may be duplicated",
+                "resuming: %d batches were in flight when the last run stopped (lines %s); %s",
                 len(self.state.in_flight),
                 spans,
+                then,
             )
         failure: BaseException | None = None
         # Proxies come from the environment once per run (see client.env_proxy);
@@ -194,10 +204,11 @@ class _Run:
                     # would cancel the writer before it commits what is buffered.
                     try:
                         await self.journal.write(self._start_record())
-                        checked = await self.shutdown.guard(
-                            lambda: preflight(self._caller().call, client, self.config),
-                            grace=0.0,
-                        )
+
+                        async def check() -> None:
+                            self.version = await preflight(self._caller().call, client, self.config)
+
+                        checked = await self.shutdown.guard(check, grace=0.0)
                         if checked:
                             self.passed_preflight = True
                             await self._stages(client)
@@ -275,16 +286,33 @@ class _Run:
                 skip=self.state.covered.skipper() if len(self.state.covered) else None,
                 expected_size=_fingerprinted_size(self.state.fingerprint),
                 changed=self._input_changed,
+                key_field=c.key_field,
             )
         )
         limiter = AsyncLimiter(1, 1 / c.rate) if c.rate else None
+        caller = self._caller(limiter, self.shutdown.event)
+        settler = None
+        if c.key_field is not None:
+            lookup = Lookup(
+                call=caller.call, client=client, key_field=c.key_field, version=self.version
+            )
+            settler = Settler(
+                lookup=lookup,
+                caller=caller,
+                journal=self.journal,
+                stats=self.stats,
+                keys=lambda: source.keys,
+                lag=c.settle_lag,
+                maybe_present=merge_spans([tuple(r["lines"]) for r in self.state.in_flight]),
+            )
         sender = Sender(
             append=client.append,
             journal=self.journal,
-            caller=self._caller(limiter, self.shutdown.event),
+            caller=caller,
             stats=self.stats,
             on_reject=self._note_reject,
             server_error_rejects=self.state.server_error_streak,
+            settler=settler,
         )
         chunks_tx, chunks_rx = anyio.create_memory_object_stream[Chunk](4)
         batches_tx, batches_rx = anyio.create_memory_object_stream[Batch](1)
@@ -303,6 +331,9 @@ class _Run:
                 async with batches_rx:
                     for _ in range(c.concurrency):
                         stages.start_soon(sender.work, batches_rx.clone(), self.shutdown.fail)
+            stopped = self.shutdown.failure is not None or self.shutdown.event.is_set()
+            if settler is not None and self.exhausted and not stopped:
+                await self._settle(settler)
 
         try:
             async with anyio.create_task_group() as side:
@@ -313,7 +344,11 @@ class _Run:
         finally:
             source.close()
         self.complete = (
-            self.exhausted and batcher.pending == 0 and sender.resolved == batcher.produced
+            self.exhausted
+            and self.shutdown.failure is None
+            and batcher.pending == 0
+            and sender.resolved == batcher.produced
+            and (settler is None or settler.settled)
         )
         if self.complete:
             await self.journal.write(
@@ -326,6 +361,16 @@ class _Run:
                     "rejected": self.state.rejected_rows + self.stats.rows_rejected,
                 }
             )
+
+    async def _settle(self, settler: Settler) -> None:
+        """The phase after the input is sent: what waited for a read of the dataset,
+        and a second look where rows were sent after a look-up."""
+        try:
+            await settler.finish()
+        except Abandoned:
+            pass  # a stop: the batches stay unknown in the journal, for the resumed run
+        except DeliveryError as exc:
+            self.shutdown.fail(exc)
 
     async def _read(self, source: JsonlSource, out: ObjectSendStream[Chunk]) -> None:
         async with out:
@@ -378,7 +423,9 @@ class _Run:
                 async for chunk in chunks:
                     if self.shutdown.event.is_set():
                         return
-                    for batch in batcher.extend(chunk.rows, chunk.lines, chunk.ends, chunk.starts):
+                    for batch in batcher.extend(
+                        chunk.rows, chunk.lines, chunk.ends, chunk.starts, chunk.keys
+                    ):
                         await out.send(batch)
                 if not self.shutdown.event.is_set() and (last := batcher.flush()) is not None:
                     await out.send(last)

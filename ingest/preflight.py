@@ -43,8 +43,12 @@ def refusal_message(action: Action, reply: Reply, config: RunConfig) -> str:
     return f"the API refused the request ({reply.problem()})"
 
 
-async def preflight(call: Call, client: DatasetsClient, config: RunConfig) -> None:
-    """One GET before reading anything: a wrong key or dataset fails here, after 1 request."""
+async def preflight(call: Call, client: DatasetsClient, config: RunConfig) -> str | None:
+    """One GET before reading anything: a wrong key or dataset fails here, after 1 request.
+
+    Returns the id of the version the run writes to (the one asked for, else the
+    newest the dataset lists), which deleting extra copies has to name.
+    """
     reply = await call(client.get_dataset, "the preflight GET of the dataset")
     if classify(reply.status) is not Action.DELIVERED:  # a 400/422: nothing can fix it
         raise DeliveryError(f"the API refused the preflight GET of the dataset ({reply.problem()})")
@@ -64,3 +68,8 @@ async def preflight(call: Call, client: DatasetsClient, config: RunConfig) -> No
                     f"dataset {config.dataset_id!r} has no version "
                     f"{config.dataset_version_id!r}; check --dataset-version-id"
                 )
+        return config.dataset_version_id
+    versions = doc.get("versions")
+    newest = versions[0] if isinstance(versions, list) and versions else None
+    version = newest.get("id") if isinstance(newest, dict) else None
+    return version if isinstance(version, str) and version else None

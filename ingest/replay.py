@@ -20,8 +20,9 @@ from ingest.errors import CheckpointError
 
 # How a reject reason for a row the server failed on (HTTP 500 on every attempt) begins.
 SERVER_ERROR_REASON = "server error: "
-JOURNAL_VERSION = 2  # 2: the input's mtime and sampled blocks join its identity
-_READABLE_VERSIONS = (1, 2)
+# 2: the input's mtime and sampled blocks join its identity; 3: settling (present, deleted)
+JOURNAL_VERSION = 3
+_READABLE_VERSIONS = (1, 2, 3)
 T = TypeVar("T")
 
 
@@ -93,6 +94,8 @@ class JournalState:
     rejected_rows: int = 0
     done_batches: int = 0
     unknown_outcomes: int = 0  # requests whose outcome was unknown (``unknown`` records)
+    present_rows: int = 0  # found stored by a look-up (in ``delivered_rows`` too)
+    deleted_copies: int = 0  # extra copies deleted by settling
     next_seq: int = 0
     attempts: int = 0
     in_flight: list[dict[str, Any]] = field(default_factory=list)
@@ -163,6 +166,14 @@ class JournalState:
             self.done_batches += 1
             if rec["rows"] > 0:  # a reject's own done record has 0 rows
                 self.server_error_streak = 0
+        elif kind == "present":
+            for first, last, start, end in rec["spans"]:
+                self.covered.add(first, last, start, end)
+            self.delivered_rows += rec["rows"]
+            self.present_rows += rec["rows"]
+            self.server_error_streak = 0
+        elif kind == "deleted":
+            self.deleted_copies += len(rec["ids"])
         elif kind == "finished":
             self.finished = rec
 
@@ -291,6 +302,11 @@ _CHECKS: dict[str, Callable[[Any], bool]] = {
     "bytes": _is_span,
     "fingerprint": lambda v: isinstance(v, dict) and isinstance(v.get("input"), dict),
     "input": lambda v: isinstance(v, dict),
+    "spans": lambda v: (
+        isinstance(v, list)
+        and all(isinstance(s, list) and len(s) == 4 and all(_is_int(x) for x in s) for s in v)
+    ),
+    "ids": lambda v: isinstance(v, list),
 }
 _FIELDS = {
     "header": ("fingerprint",),
@@ -300,6 +316,8 @@ _FIELDS = {
     "split": ("seq", "part"),
     "unknown": ("seq", "part"),
     "done": ("seq", "part", "lines", "bytes", "rows"),
+    "present": ("seq", "part", "spans", "rows"),
+    "deleted": ("seq", "part", "ids"),
 }
 
 

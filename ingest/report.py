@@ -34,7 +34,15 @@ class RunStats:
     batches: int = 0
     requests: int = 0
     unknown_resent: int = 0
+    rows_present: int = 0  # found stored by a look-up (an unknown outcome): counted delivered
+    rows_deleted: int = 0  # extra copies of a row deleted by settling
+    lookups: int = 0  # look-ups of an unknown outcome's rows
     retries: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def rows_pending(self) -> int:
+        """Rows read but neither delivered nor rejected: queued or in flight at the end."""
+        return self.rows_read - self.rows_delivered - self.rows_rejected
 
     @property
     def elapsed(self) -> float:
@@ -52,6 +60,10 @@ class Summary:
     rows_delivered: int
     rows_rejected: int
     rows_skipped: int
+    rows_pending: int
+    rows_present: int
+    rows_deleted: int
+    lookups: int
     unknown_resent: int
     in_flight_resent: int
     batches: int
@@ -86,7 +98,11 @@ class Summary:
             f"rows delivered:    {self.rows_delivered:,}",
             f"rows rejected:     {self.rows_rejected:,}"
             + (f"  (see {self.rejects})" if self.total_rejected else ""),
+            f"rows pending:      {self.rows_pending:,}"
+            + ("  (read, not yet delivered: re-run to resume)" if self.rows_pending else ""),
             f"already done:      {self.rows_skipped:,}",
+            f"settled:           {self.rows_present:,} rows found stored, "
+            f"{self.rows_deleted:,} extra copies deleted, in {self.lookups:,} look-ups",
             f"unknown outcomes:  {self.unknown_resent:,} resent"
             + (
                 f", {self.in_flight_resent} batches in flight at last stop resent"
@@ -122,6 +138,10 @@ def summarize(
         rows_delivered=stats.rows_delivered,
         rows_rejected=stats.rows_rejected,
         rows_skipped=stats.rows_skipped,
+        rows_pending=stats.rows_pending,
+        rows_present=stats.rows_present,
+        rows_deleted=stats.rows_deleted,
+        lookups=stats.lookups,
         unknown_resent=stats.unknown_resent,
         in_flight_resent=in_flight_resent,
         batches=stats.batches,

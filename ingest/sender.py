@@ -24,7 +24,13 @@ from typing import Any
 from anyio.abc import ObjectReceiveStream
 
 from ingest.batcher import Batch
-from ingest.caller import Abandoned, RetryingCaller, ServerErrorEveryTime
+from ingest.caller import (
+    Abandoned,
+    RetryingCaller,
+    ServerErrorEveryTime,
+    UnknownOutcome,
+    retry_kind,
+)
 from ingest.checkpoint import CheckpointJournal
 from ingest.client import Reply
 from ingest.errors import (
@@ -38,6 +44,7 @@ from ingest.retry import (
     Action,
     classify,
 )
+from ingest.settle import Settler, Tries
 from ingest.source import Reject
 
 log = logging.getLogger("ingest")
@@ -66,8 +73,13 @@ class Sender:
         stats: RunStats,
         on_reject: Callable[[int, str], None],
         server_error_rejects: int = 0,
+        settler: Settler | None = None,
     ) -> None:
         self._append = append
+        # With row keys, an unknown outcome is settled (looked up) instead of resent.
+        self._settler = settler
+        if settler is not None:
+            settler.send, settler.reject = self._send, self._reject_server_error
         self._journal = journal
         self._caller = caller
         self._stats = stats
@@ -101,16 +113,36 @@ class Sender:
         """Deliver one batch, halving it while the server refuses rows in it or its size."""
         if self._caller.stopping.is_set():
             raise Abandoned  # not sent yet: the resumed run sends it
+        if self._settler is not None and self._settler.left_unsettled(batch):
+            # An earlier run sent these lines and never learnt the outcome: look first.
+            tries = Tries(self._caller.now(), cause="left in flight by an earlier run")
+            await self._settler.settle(batch, tries)
+            return
+        await self._send(batch, None)
+
+    async def _send(self, batch: Batch, tries: Tries | None) -> None:
+        """Send ``batch`` (``tries``: the rounds of settling behind it, if any)."""
         server_error: ServerErrorEveryTime | None = None
         try:
             reply = await self.post(batch)
         except ServerErrorEveryTime as exc:
             reply, server_error = exc.reply, exc
+        except UnknownOutcome as exc:
+            assert self._settler is not None
+            self._stats.retries[retry_kind(exc.cause)] += 1  # settled, not blindly resent
+            tries = tries or Tries(self._caller.now())
+            await self._settler.settle(batch, tries.after(exc))
+            return
         if classify(reply.status) is Action.DELIVERED:
             self._server_error_rejects = self._server_error_rejects_before = 0
             await self._done(batch, len(batch.rows), await self._example_ids(batch, reply))
             self._stats.rows_delivered += len(batch.rows)
             self._stats.batches += 1
+            if self._settler is not None:
+                if tries is not None:
+                    self._settler.resent(batch)
+                else:
+                    self._settler.stored(batch)
         elif len(batch.rows) > 1:
             self._stats.retries["split"] += 1
             log.info("%s refused (%s); halving it", batch.name, reply.problem())
@@ -120,33 +152,46 @@ class Sender:
                 {"t": "split", "seq": batch.seq, "part": batch.part}, durable=False
             )
             first, second = batch.split()
-            await self.deliver(first)
-            await self.deliver(second)
+            await self._send(first, tries)
+            await self._send(second, tries)
         else:
             # Made only for a reject: a 2xx's body need not be parsed for a refusal's text.
             reason = (
-                self._server_error_reason(batch, server_error)
+                self._server_error_reason(
+                    batch, server_error.reply.problem(), server_error.attempts
+                )
                 if server_error is not None
                 else f"refused by the server: {reply.problem()}"
             )
-            reject = Reject(
-                batch.last_line,
-                batch.starts[0],  # the row's own line, not the blank lines before it
-                batch.end,
-                reason,
-                batch.rows[0],
-            )
-            await self._journal.reject(reject)
-            await self._done(batch, 0, [])
-            self._on_reject(reject.line, reject.reason)
+            await self._reject(batch, reason)
 
-    def _server_error_reason(self, batch: Batch, exc: ServerErrorEveryTime) -> str:
+    async def _reject(self, batch: Batch, reason: str) -> None:
+        """Reject the one row of ``batch``: to the rejects file, and its lines are done."""
+        raw = batch.rows[0]
+        if batch.keys and self._settler is not None and (keys := self._settler.keys()):
+            raw = keys.unspliced(raw, batch.keys[0])  # the rejects file holds the line as written
+        reject = Reject(
+            batch.lines[0],
+            batch.starts[0],  # the row's own line, not the blank lines before it
+            batch.ends[0],
+            reason,
+            raw,
+        )
+        await self._journal.reject(reject)
+        await self._done(batch, 0, [])
+        self._on_reject(reject.line, reject.reason)
+
+    async def _reject_server_error(self, batch: Batch, problem: str, attempts: int) -> None:
+        """Reject a row the server failed on every time (looked up: it is not stored)."""
+        await self._reject(batch, self._server_error_reason(batch, problem, attempts))
+
+    def _server_error_reason(self, batch: Batch, problem: str, attempts: int) -> str:
         """The reject reason for a row the server failed on; raises if that looks like an outage."""
         if self._server_error_rejects >= _SERVER_ERROR_REJECTS_IN_A_ROW:
             before = self._server_error_rejects_before
             runs = f" ({before} of them by earlier runs)" if before else ""
             raise RetriesExhaustedError(
-                f"{batch.name}: {exc.reply.problem()} on every attempt, after "
+                f"{batch.name}: {problem} on every attempt, after "
                 f"{self._server_error_rejects} rows in a row{runs} rejected the same way with "
                 "nothing delivered between: the server looks broken rather than failing on "
                 "those rows. "
@@ -154,10 +199,8 @@ class Sender:
                 "the rejects file)"
             )
         self._server_error_rejects += 1
-        return (
-            f"{SERVER_ERROR_REASON}{exc.reply.problem()}, on every one of {exc.attempts} attempts "
-            "(the row may or may not be stored)"
-        )
+        stored = "it is not stored" if self._settler else "the row may or may not be stored"
+        return f"{SERVER_ERROR_REASON}{problem}, on every one of {attempts} attempts ({stored})"
 
     async def _example_ids(self, batch: Batch, reply: Reply) -> list[Any]:
         """The ids a 2xx gave the rows, one per row; an answer of another shape stops the run.
@@ -223,6 +266,7 @@ class Sender:
             on_unknown=lambda cause: self._unknown(batch, cause),
             split_after_500s=2 if len(batch.rows) > 1 else None,
             reject_row_errors=len(batch.rows) == 1,
+            settle_unknown=self._settler is not None,
         )
 
 

@@ -17,6 +17,7 @@ import base64
 import io
 import os
 import sys
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -31,6 +32,7 @@ from ingest.gzipped import (
     changed_under_run,
     rewritten_under_run,
 )
+from ingest.keys import RowKeys, input_tag
 
 BOM = b"\xef\xbb\xbf"
 RESERVED_FIELDS = frozenset({"id", "created_at", "updated_at", "time", "count"})
@@ -70,6 +72,7 @@ class Chunk:
     ends: list[int] = field(default_factory=list)
     starts: list[int] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)  # each row's key (``ingest.keys``), if keyed
 
     def __len__(self) -> int:
         return len(self.rows) + len(self.rejects)
@@ -82,28 +85,36 @@ def _parse_error(exc: orjson.JSONDecodeError) -> str:
     return f"not valid JSON: {exc.msg} at column {exc.colno}"
 
 
-def _check_value(value: object, raw: bytes, max_row_bytes: int) -> str | None:
+def _check_value(
+    value: object, raw: bytes, max_row_bytes: int, key_field: str | None = None, overhead: int = 0
+) -> str | None:
     if not isinstance(value, dict):
         return f"not a JSON object (found {type(value).__name__})"
     if not value:
         return "empty object (the API refuses examples with no fields)"
+    if key_field is not None and key_field in value:
+        return (
+            f"has a field {key_field!r}, which ingest adds to every row as its key: rename the "
+            "field, or pass --key-field-name NAME for another key field"
+        )
     for key in value:
         if key in RESERVED_FIELDS or key.startswith(RESERVED_PREFIX):
             return (
                 f"reserved field {key!r} (the API refuses id, created_at, updated_at, "
                 "time, count and source_record_*; rename it)"
             )
-    if len(raw) + ENVELOPE_BYTES > max_row_bytes:
-        return _too_long(len(raw), max_row_bytes)
+    if len(raw) + ENVELOPE_BYTES + overhead > max_row_bytes:
+        return _too_long(len(raw), max_row_bytes, overhead)
     return None
 
 
-def _too_long(size: int, max_row_bytes: int) -> str:
+def _too_long(size: int, max_row_bytes: int, overhead: int = 0) -> str:
     """Why a row of ``size`` bytes is not sent: it names the real limit, not batch_bytes."""
+    key = f" and its key {overhead}" if overhead else ""
     return (
         f"row is {size:,} bytes; with batch_bytes {max_row_bytes:,} a row may hold at most "
-        f"{max_row_bytes - ENVELOPE_BYTES:,} (the request envelope takes {ENVELOPE_BYTES}); "
-        "raise batch_bytes or shrink the row"
+        f"{max_row_bytes - ENVELOPE_BYTES - overhead:,} (the request envelope takes "
+        f"{ENVELOPE_BYTES}{key}); raise batch_bytes or shrink the row"
     )
 
 
@@ -192,9 +203,13 @@ class JsonlSource:
         skip: Callable[[int], bool] | None = None,
         expected_size: int | None = None,
         changed: Callable[[], str | None] | None = None,
+        key_field: str | None = None,
     ) -> None:
         self.path = path
         self.max_row_bytes = max_row_bytes
+        # Rows get a key (``ingest.keys``) once the input's first line is known.
+        self.key_field = key_field
+        self.keys: RowKeys | None = None
         self._file, self._gzip = open_input(path, expected_size=expected_size)
         # The gzip stream checks its compressed size itself; offsets here count its output.
         self._size = None if self._gzip is not None else expected_size
@@ -225,6 +240,9 @@ class JsonlSource:
         if start_offset == 0:
             return
         if self._file.seekable() and self._gzip is None:
+            if self.key_field is not None:
+                self._file.seek(0)
+                self._keyed(self._file.readline(self.max_row_bytes + _SLACK))
             self._file.seek(start_offset)
             return
         self._line, self._offset = 0, 0
@@ -235,8 +253,14 @@ class JsonlSource:
                     f"input ends at line {self._line}, before the checkpoint's line {start_line}",
                     path=self.path,
                 )
+            if self._line == 0 and self.key_field is not None:
+                self._keyed(line)
             self._line += 1
             self._offset += len(line)
+
+    def _keyed(self, first_line: bytes) -> None:
+        assert self.key_field is not None
+        self.keys = RowKeys(field=self.key_field, tag=input_tag(first_line))
 
     def read_chunk(self, max_lines: int = 2048) -> Chunk:
         """Read until ``max_lines`` rows or rejects; an empty chunk means the input is exhausted."""
@@ -250,9 +274,13 @@ class JsonlSource:
             self._unready = None
         chunk = Chunk()
         rows, lines, ends, starts = chunk.rows, chunk.lines, chunk.ends, chunk.starts
-        rejects = chunk.rejects
+        rejects, keys = chunk.rejects, chunk.keys
         readline, skip, loads = self._file.readline, self._skip, orjson.loads
-        limit = self.max_row_bytes - ENVELOPE_BYTES
+        key_field = self.key_field
+        overhead = self.keys.overhead if self.keys is not None else 0
+        tag, head = (self.keys.tag, self.keys.head) if self.keys is not None else ("", b"")
+        crc32 = zlib.crc32
+        limit = self.max_row_bytes - ENVELOPE_BYTES - overhead
         # No sendable row is longer; room is left for whitespace and a CRLF.
         cap = self.max_row_bytes + _SLACK
         number, offset, expected = self._line, self._offset, self._size
@@ -273,6 +301,11 @@ class JsonlSource:
                 number += 1
                 start = offset
                 offset += size
+                if number == 1 and key_field is not None:
+                    self._keyed(line)
+                    assert self.keys is not None
+                    overhead, tag, head = self.keys.overhead, self.keys.tag, self.keys.head
+                    limit = self.max_row_bytes - ENVELOPE_BYTES - overhead
                 if skip is not None and skip(number):
                     self.skipped += 1
                     continue
@@ -299,9 +332,18 @@ class JsonlSource:
                         and RESERVED_FIELDS.isdisjoint(value)
                         and b'"source_record_' not in raw
                         and len(raw) <= limit
+                        and (key_field is None or key_field not in value)
                     )
-                    reason = None if common else _check_value(value, raw, self.max_row_bytes)
+                    reason = (
+                        None
+                        if common
+                        else _check_value(value, raw, self.max_row_bytes, key_field, overhead)
+                    )
                 if reason is None:
+                    if key_field is not None:
+                        key = f"{tag}-{number:012d}-{crc32(raw):08x}"
+                        raw = head + key.encode() + b'",' + raw[1:]
+                        keys.append(key)
                     rows.append(raw)
                     lines.append(number)
                     ends.append(offset)

@@ -2,7 +2,8 @@
 
 The preflight GET answers a well-formed dataset; every POST to the examples
 path is counted (with its arrival time) and answered by the test's ``answer``,
-which gets the parsed examples.
+which gets the parsed examples. Its search lists what ``created`` stored and
+refuses filters, so settling an unknown outcome reads the whole (small) dataset.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ class Scripted:
 
 def created(examples: list[dict[str, Any]], server: Scripted) -> web.Response:
     """Store ``examples`` and answer 201 as the API does."""
-    server.stored.extend(examples)
-    start = len(server.stored) - len(examples)
+    start = len(server.stored)
     ids = [f"ex-{i}" for i in itertools.islice(itertools.count(start), len(examples))]
+    server.stored.extend({**e, "id": i} for e, i in zip(examples, ids, strict=True))
     return web.json_response({"id": DATASET, "name": "scripted", "example_ids": ids}, status=201)
 
 
@@ -77,9 +78,21 @@ async def scripted_server(
         examples = orjson.loads(await request.read())["examples"]
         return answer(examples, server)
 
+    async def search(request: web.Request) -> web.Response:
+        body = orjson.loads(await request.read() or b"{}")
+        if body.get("filter"):
+            return problem(400, "filters are not supported here")
+        start = int(body.get("cursor") or 0)
+        more = start + 500 < len(server.stored)
+        pagination = {"has_more": more, "next_cursor": str(start + 500) if more else None}
+        return web.json_response(
+            {"examples": server.stored[start : start + 500], "pagination": pagination}
+        )
+
     app = web.Application(client_max_size=64 << 20)
     app.router.add_get("/v2/datasets/{id}", get_dataset)
     app.router.add_post("/v2/datasets/{id}/examples", append)
+    app.router.add_post("/v2/datasets/{id}/examples/search", search)
     async with serving(app) as url:
         server.url = url
         yield server

@@ -35,6 +35,9 @@ def write_rows(path: Path, n: int, *, extra: bytes = b"") -> list[bytes]:
     return lines
 
 
+KEY = "ingest_key"
+
+
 def settings(fake: Any, tmp_path: Path, **kw: Any) -> dict[str, Any]:
     base = dict(
         input=str(tmp_path / "rows.jsonl"),
@@ -45,6 +48,7 @@ def settings(fake: Any, tmp_path: Path, **kw: Any) -> dict[str, Any]:
         rate=0,
         backoff_base=0.01,
         backoff_max=0.05,
+        settle_lag=0.02,
     )
     return {**base, **kw}
 
@@ -52,7 +56,7 @@ def settings(fake: Any, tmp_path: Path, **kw: Any) -> dict[str, Any]:
 def by_row(examples: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
     out: dict[int, list[dict[str, Any]]] = {}
     for ex in examples:
-        user = {k: v for k, v in ex.items() if k not in ("id", "created_at", "updated_at")}
+        user = {k: v for k, v in ex.items() if k not in ("id", "created_at", "updated_at", KEY)}
         out.setdefault(user["i"], []).append(user)
     return out
 
@@ -143,13 +147,14 @@ async def test_429_retry_after_pauses_every_worker(fake: Any, tmp_path: Path, ra
 
 
 async def test_5xx_is_retried_and_unknown_outcomes_are_counted(fake: Any, tmp_path: Path) -> None:
-    """503s are retried; a 503 after commit is an unknown outcome that is resent and journaled."""
+    """Without keys, 503s are retried; a 503 after commit is an unknown outcome, resent."""
     write_rows(tmp_path / "rows.jsonl", 2000)
     fake.state.faults.fail_rate = 0.2
     fake.state.faults.fail_after_commit_rate = 0.1
     fake.state.faults.seed = 3
     summary = await ingest.upload(
-        api_key=fake.api_key, **settings(fake, tmp_path, batch_rows=50, max_attempts=20)
+        api_key=fake.api_key,
+        **settings(fake, tmp_path, batch_rows=50, max_attempts=20, no_key=True),
     )
     assert summary.exit_code == 0
     assert summary.retries.get("5xx", 0) > 0
@@ -160,11 +165,29 @@ async def test_5xx_is_retried_and_unknown_outcomes_are_counted(fake: Any, tmp_pa
     assert state.unknown_outcomes == summary.unknown_resent
 
 
+async def test_with_keys_unknown_outcomes_are_looked_up_and_every_row_lands_once(
+    fake: Any, tmp_path: Path
+) -> None:
+    """With keys, 503s before and after commit end with each row once, none blindly resent."""
+    write_rows(tmp_path / "rows.jsonl", 2000)
+    fake.state.faults.fail_rate = 0.2
+    fake.state.faults.fail_after_commit_rate = 0.1
+    fake.state.faults.seed = 3
+    summary = await ingest.upload(
+        api_key=fake.api_key, **settings(fake, tmp_path, batch_rows=50, max_attempts=20)
+    )
+    assert (summary.exit_code, summary.rows_delivered, summary.rows_pending) == (0, 2000, 0)
+    assert summary.unknown_resent == 0 and summary.lookups > 0 and summary.rows_present > 0
+    rows = by_row(fake.state.examples(fake.dataset_id))
+    assert sorted(rows) == list(range(2000)) and all(len(v) == 1 for v in rows.values())
+    assert read_journal(summary.checkpoint).in_flight == []
+
+
 async def test_exhausted_retries_stop_and_a_rerun_resumes(fake: Any, tmp_path: Path) -> None:
     """When retries run out the run stops resumably; the re-run delivers the rest, once."""
     write_rows(tmp_path / "rows.jsonl", 1000)
     fake.state.faults.fail_rate = 1.0
-    with pytest.raises(ingest.RetriesExhaustedError, match="re-run the same command") as info:
+    with pytest.raises(ingest.RetriesExhaustedError, match="(?i)re-run the same command") as info:
         await ingest.upload(api_key=fake.api_key, **settings(fake, tmp_path, max_attempts=2))
     assert info.value.exit_code == 5
     fake.state.faults.fail_rate = 0.0
@@ -491,12 +514,13 @@ async def test_a_stop_abandons_batches_waiting_to_retry(fake: Any, tmp_path: Pat
 
 
 async def test_unknown_outcomes_count_as_resent_only_when_resent(fake: Any, tmp_path: Path) -> None:
-    """A 503 after commit that is never retried is journaled as unknown but not counted resent."""
+    """Without keys, a 503 after commit never retried is journaled unknown, not counted resent."""
     write_rows(tmp_path / "rows.jsonl", 100)
     fake.state.faults.fail_after_commit_rate = 1.0
     with pytest.raises(ingest.RetriesExhaustedError) as info:
         await ingest.upload(
-            api_key=fake.api_key, **settings(fake, tmp_path, concurrency=1, max_attempts=1)
+            api_key=fake.api_key,
+            **settings(fake, tmp_path, concurrency=1, max_attempts=1, no_key=True),
         )
     summary = info.value.summary
     assert (summary.unknown_resent, summary.retries) == (0, {})

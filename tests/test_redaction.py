@@ -131,7 +131,7 @@ async def test_5xx_and_422_bodies_echoing_the_key_stay_out_of_logs_and_rejects(
     (tmp_path / "rows.jsonl").write_bytes(b'{"i": 1}\n{"i": 2}\n{"poison": 3}\n{"i": 4}\n')
     async with serving(app) as url:
         done = await run_ingest(
-            tmp_path, url, "-v", "--json", "--batch-rows", "4", "--concurrency", "1"
+            tmp_path, url, "-v", "--json", "--batch-rows", "4", "--concurrency", "1", "--no-key"
         )
     out, err = done.stdout.decode(), done.stderr.decode()
     assert done.returncode == 6, err

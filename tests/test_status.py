@@ -58,13 +58,15 @@ async def test_a_batch_in_flight_at_two_kills_is_one_range(tmp_path: Path) -> No
 
 
 def test_status_agrees_with_the_summary_after_two_kills(tmp_path: Path) -> None:
-    """After two kills and a resume, status names every duplicated line and the summary's counts."""
+    """Without keys, after two kills and a resume, status names every line maybe duplicated."""
     rows = 12_000
     write_rows(tmp_path / "rows.jsonl", rows)
     server = ("--api-key", KEY, "--dataset", DATASET, "--latency", "0.01")
     faults = ("--fail-after-commit-rate", "0.15", "--seed", "5")
     with fake_process(*server, *faults) as (url, _):
-        cmd = ingest_cmd(tmp_path, url, "--batch-rows", "100", "--concurrency", "4", "--json")
+        cmd = ingest_cmd(
+            tmp_path, url, "--batch-rows", "100", "--concurrency", "4", "--json", "--no-key"
+        )
         for batches in (10, 40):
             proc = start_until_done(cmd, tmp_path, batches=batches)
             proc.send_signal(signal.SIGKILL)
