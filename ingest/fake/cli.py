@@ -40,6 +40,15 @@ def _parser() -> argparse.ArgumentParser:
     add("--retry-after", type=float, metavar="S", help="Retry-After sent with each 429")
     add("--max-body-bytes", type=int, metavar="N", help="larger bodies get HTTP 500")
     add("--refuse-field", metavar="NAME", help="422 for any example with this field")
+    add("--drop-after-commit-rate", type=float, default=0.0, metavar="P", help="drop after storing")
+    add("--stall-after-commit-rate", type=float, default=0.0, metavar="P", help="stall after store")
+    add("--stall-after-commit-at", type=int, metavar="K", help="the K-th storing POST stalls")
+    add("--stall-seconds", type=float, default=60.0, metavar="S", help="how long a stall lasts")
+    add("--throttle-storm", type=float, default=0.0, metavar="S", help="429s for S s from a POST")
+    add("--retry-after-http-date", action="store_true", help="Retry-After as an HTTP date")
+    add("--outage-seconds", type=float, default=0.0, metavar="S", help="503 to all for S s")
+    add("--outage-after-requests", type=int, metavar="K", help="the outage starts at request K")
+    add("--no-search-filters", action="store_true", help="400 to a search with a filter")
     add("--seed", type=int, help="seed for the fail-rate coin flips")
     return parser
 
@@ -51,11 +60,24 @@ def main(argv: list[str] | None = None) -> int:
     api_key = args.api_key or os.environ.get("ARIZE_API_KEY")
     if not api_key:
         parser.error("give --api-key or set ARIZE_API_KEY")
-    for rate in (args.fail_rate, args.fail_after_commit_rate):
+    rates = (
+        args.fail_rate,
+        args.fail_after_commit_rate,
+        args.drop_after_commit_rate,
+        args.stall_after_commit_rate,
+    )
+    for rate in rates:
         if not 0.0 <= rate <= 1.0:
             parser.error(f"fail rates are fractions from 0 to 1; got {rate}")
     if args.rate_limit is not None and args.rate_limit <= 0:
         parser.error("--rate-limit must be positive")
+    for name in ("stall_after_commit_at", "outage_after_requests"):
+        count = getattr(args, name)
+        if count is not None and count < 1:
+            parser.error(f"--{name.replace('_', '-')} counts from 1; got {count}")
+    for name in ("stall_seconds", "throttle_storm", "outage_seconds"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must not be negative")
     faults = Faults(
         latency=args.latency,
         fail_rate=args.fail_rate,
@@ -64,6 +86,15 @@ def main(argv: list[str] | None = None) -> int:
         retry_after=args.retry_after,
         max_body_bytes=args.max_body_bytes,
         refuse_field=args.refuse_field,
+        drop_after_commit_rate=args.drop_after_commit_rate,
+        stall_after_commit_rate=args.stall_after_commit_rate,
+        stall_after_commit_at=args.stall_after_commit_at,
+        stall_seconds=args.stall_seconds,
+        throttle_storm=args.throttle_storm,
+        retry_after_http_date=args.retry_after_http_date,
+        outage_seconds=args.outage_seconds,
+        outage_after_requests=args.outage_after_requests,
+        search_filters=not args.no_search_filters,
         seed=args.seed,
     )
     state = FakeArize(api_key=api_key, faults=faults)

@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final, NamedTuple
 
 from ingest.fake.faults import FaultDice, Faults, TokenBucket
+from ingest.fake.injected import Counters, start_window
 
 DEFAULT_SPACE_ID: Final = "U3BhY2U6MTphQmNE"  # base64 of "Space:1:aBcD"
 REQUEST_LOG_SIZE: Final = 100_000
@@ -249,11 +250,20 @@ class FakeArize:
         self.faults = faults if faults is not None else Faults()
         self.datasets: dict[str, Dataset] = {}
         self.post_examples_requests = 0
+        self.counters = Counters()
         self.requests: deque[RequestLogEntry] = deque(maxlen=REQUEST_LOG_SIZE)
         self.clock = StampClock()
         self.bucket = TokenBucket()
         self.dice = FaultDice()
         self._numbers = itertools.count(1)
+
+    def start_outage(self, seconds: float) -> None:
+        """Answer every /v2 request 503 for `seconds` from now; the data is kept."""
+        self.faults.outage_until = start_window(seconds)
+
+    def start_throttle_storm(self, seconds: float) -> None:
+        """Answer every /v2 request 429 for `seconds` from now."""
+        self.faults.throttle_until = start_window(seconds)
 
     def create_dataset(
         self,
