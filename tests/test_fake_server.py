@@ -716,7 +716,7 @@ async def test_stall_ends_with_the_late_answer_after_stall_seconds(
 
 async def test_server_shutdown_ends_a_stall_without_an_answer() -> None:
     """Stopping the server cuts a stall short: the client is disconnected, not kept waiting."""
-    state = FakeArize(api_key="k", faults=Faults(stall_after_commit_at=1, stall_seconds=600.0))
+    state = FakeArize(api_key="k", faults=Faults(stall_after_commit_at={1}, stall_seconds=600.0))
     dataset_id = state.create_dataset()
     headers = {"Authorization": "Bearer k"}
     async with aiohttp.ClientSession(headers=headers) as session:
@@ -734,8 +734,8 @@ async def test_server_shutdown_ends_a_stall_without_an_answer() -> None:
 async def test_stall_after_commit_at_stalls_only_that_commit(
     fake: FakeService, http: aiohttp.ClientSession
 ) -> None:
-    """stall_after_commit_at K stalls the K-th storing POST; the stats show it pending."""
-    fake.state.faults.stall_after_commit_at = 2
+    """stall_after_commit_at {K} stalls the K-th storing POST; the stats show it pending."""
+    fake.state.faults.stall_after_commit_at = {2}
     fake.state.faults.stall_seconds = 600.0
     fake.state.faults.fail_rate = 1.0  # a refused POST is not a commit and does not count
     assert (await post_examples(http, fake.dataset_id, [{"a": 0}]))[0] == 503
@@ -920,7 +920,8 @@ async def test_counters_count_searches_deletes_and_answers(
     "flag",
     [
         ["--stall-after-commit-at", "0"],
-        ["--outage-after-requests", "0"],
+        ["--outage-after-requests", "0", "--outage-seconds", "1"],
+        ["--outage-after-requests", "3"],
         ["--drop-after-commit-rate", "2"],
         ["--stall-seconds", "-1"],
     ],

@@ -1,8 +1,10 @@
 """The aiohttp application: Arize's datasets REST API over a `FakeArize` state.
 
-Every /v2 request passes, in order: the request log, the added latency, the
-rate limit (429), the API key check (401), then its handler. Handlers raise
-`Problem` for every refusal, rendered as `application/problem+json`.
+Every /v2 request passes, in order: the request log and counters, the added
+latency, an outage (503), a throttle storm or the rate limit (429), the API key
+check (401), then its handler; an append that stored its rows may then lose its
+answer (`injected.after_commit`). Handlers raise `Problem` for every refusal,
+rendered as `application/problem+json`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import dataclasses
 import itertools
 import time
 from collections.abc import Awaitable, Callable
@@ -188,18 +189,7 @@ def _pagination(kind: str, next_position: int | None) -> dict[str, Any]:
 
 
 async def _stats(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    datasets = {dataset_id: d.rows.count for dataset_id, d in state.datasets.items()}
-    counters = state.counters
-    in_flight = state.post_examples_requests - counters.posts_answered - counters.drops
-    return _json(
-        {
-            "post_examples_requests": state.post_examples_requests,
-            **dataclasses.asdict(counters),
-            "posts_in_flight": in_flight,
-            "datasets": datasets,
-        }
-    )
+    return _json(request.app[STATE].stats())
 
 
 async def _list_datasets(request: web.Request) -> web.Response:

@@ -42,7 +42,14 @@ def _parser() -> argparse.ArgumentParser:
     add("--refuse-field", metavar="NAME", help="422 for any example with this field")
     add("--drop-after-commit-rate", type=float, default=0.0, metavar="P", help="drop after storing")
     add("--stall-after-commit-rate", type=float, default=0.0, metavar="P", help="stall after store")
-    add("--stall-after-commit-at", type=int, metavar="K", help="the K-th storing POST stalls")
+    add(
+        "--stall-after-commit-at",
+        type=int,
+        action="append",
+        default=[],
+        metavar="K",
+        help="the K-th POST that stores rows then stalls (repeatable)",
+    )
     add("--stall-seconds", type=float, default=60.0, metavar="S", help="how long a stall lasts")
     add("--throttle-storm", type=float, default=0.0, metavar="S", help="429s for S s from a POST")
     add("--retry-after-http-date", action="store_true", help="Retry-After as an HTTP date")
@@ -71,10 +78,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"fail rates are fractions from 0 to 1; got {rate}")
     if args.rate_limit is not None and args.rate_limit <= 0:
         parser.error("--rate-limit must be positive")
-    for name in ("stall_after_commit_at", "outage_after_requests"):
-        count = getattr(args, name)
+    counts = [*args.stall_after_commit_at, args.outage_after_requests]
+    for count in counts:
         if count is not None and count < 1:
-            parser.error(f"--{name.replace('_', '-')} counts from 1; got {count}")
+            parser.error(f"commits and requests are counted from 1; got {count}")
+    if args.outage_after_requests is not None and not args.outage_seconds:
+        parser.error("--outage-after-requests needs --outage-seconds")
     for name in ("stall_seconds", "throttle_storm", "outage_seconds"):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must not be negative")
@@ -88,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         refuse_field=args.refuse_field,
         drop_after_commit_rate=args.drop_after_commit_rate,
         stall_after_commit_rate=args.stall_after_commit_rate,
-        stall_after_commit_at=args.stall_after_commit_at,
+        stall_after_commit_at=frozenset(args.stall_after_commit_at),
         stall_seconds=args.stall_seconds,
         throttle_storm=args.throttle_storm,
         retry_after_http_date=args.retry_after_http_date,

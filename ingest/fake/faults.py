@@ -1,7 +1,8 @@
 """Fault settings for the fake server and the token bucket behind its rate limit.
 
 `Faults` is mutable on purpose: a test can make the server slow, flaky or
-stingy in the middle of a run and watch the client cope.
+stingy in the middle of a run and watch the client cope. `injected.py` applies
+them; this module holds the settings, the dice and the token bucket.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import email.utils
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -42,8 +43,8 @@ class Faults:
     """Fraction of POST examples whose connection is closed, with no answer, after storing."""
     stall_after_commit_rate: float = 0.0
     """Fraction of POST examples that store, then wait `stall_seconds` before answering."""
-    stall_after_commit_at: int | None = None
-    """The commit with this number (1 = the first POST examples that stores) then stalls."""
+    stall_after_commit_at: Collection[int] = ()
+    """The commits with these numbers (1 = the first POST examples that stores) then stall."""
     stall_seconds: float = 60.0
     """How long a stall after a commit lasts; a server shutdown cuts it short (no answer)."""
     throttle_storm: float = 0.0

@@ -30,7 +30,10 @@ class Dropped(Exception):
 
 @dataclass(slots=True)
 class Counters:
-    """What the fake server has done, for tests that must know the moment they are in."""
+    """What the fake server has done, for tests that must know the moment they are in.
+
+    Mutable, unlike the project's data types: the server counts into it as it goes.
+    """
 
     v2_requests: int = 0
     """Every /v2 request received, whatever its answer."""
@@ -109,7 +112,7 @@ async def after_commit(
 ) -> None:
     """Count a commit, then fail, drop or stall its answer as the faults say."""
     counters.commits += 1
-    if counters.commits == faults.stall_after_commit_at:
+    if counters.commits in faults.stall_after_commit_at:
         await _stall(faults, counters, release)
     elif dice.roll(faults, faults.fail_after_commit_rate):
         raise Problem(503, "service temporarily unavailable")

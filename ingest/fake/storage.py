@@ -9,6 +9,7 @@ are rendered by splicing those bytes, never by re-parsing them.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import itertools
 import json
@@ -310,6 +311,17 @@ class FakeArize:
         """The stored bytes of each live example's user object, in insertion order."""
         rows = self.datasets[dataset_id].rows
         return [rows.raw(row) for row in rows.live_rows()]
+
+    def stats(self) -> dict[str, Any]:
+        """What `GET /_fake/stats` answers: the counters and each dataset's row count."""
+        counters = self.counters
+        in_flight = self.post_examples_requests - counters.posts_answered - counters.drops
+        return {
+            "post_examples_requests": self.post_examples_requests,
+            **dataclasses.asdict(counters),
+            "posts_in_flight": in_flight,
+            "datasets": {dataset_id: d.rows.count for dataset_id, d in self.datasets.items()},
+        }
 
     def example_count(self, dataset_id: str) -> int:
         """How many live examples a dataset holds."""
