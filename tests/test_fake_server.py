@@ -916,6 +916,27 @@ async def test_counters_count_searches_deletes_and_answers(
     assert stats["v2_requests"] == 3
 
 
+async def test_faults_endpoint_reads_and_changes_the_faults(
+    fake: FakeService, http: aiohttp.ClientSession
+) -> None:
+    """PATCH /_fake/faults sets the named fields and answers them all; a bad one changes none."""
+    async with aiohttp.ClientSession(fake.url) as anonymous:
+        change = {"stall_after_commit_at": [3, 2], "outage_seconds": 5, "search_filters": False}
+        async with anonymous.patch("/_fake/faults", json=change) as response:
+            assert response.status == 200
+            shown = await response.json()
+        assert shown["stall_after_commit_at"] == [2, 3] and shown["outage_seconds"] == 5.0
+        assert fake.state.faults.stall_after_commit_at == {2, 3}
+        assert fake.state.faults.search_filters is False
+        for bad in ({"fail_rate": 0.5, "nope": 1}, {"outage_until": 1.0}, {"fail_rate": "x"}):
+            async with anonymous.patch("/_fake/faults", json=bad) as response:
+                assert_problem(response.status, await response.json(content_type=None), 400)
+        async with anonymous.get("/_fake/faults") as response:
+            assert (await response.json())["fail_rate"] == 0.0
+    status, _ = await post_examples(http, fake.dataset_id, [{"a": 1}])
+    assert status == 503  # the armed outage began at this request
+
+
 @pytest.mark.parametrize(
     "flag",
     [
@@ -960,6 +981,17 @@ def _stats_of(url: str) -> dict[str, Any]:
         return stats
 
 
+def _patch_faults(url: str, changes: dict[str, Any]) -> None:
+    """Change a running server's faults through PATCH /_fake/faults."""
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{url}/_fake/faults", data=json.dumps(changes).encode(), method="PATCH"
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+
+
 SUB_DATASET = "RGF0YXNldDoxOmE/Yj4+"
 SUB_POST = examples_path(SUB_DATASET)
 ONE_ROW = b'{"examples": [{"a": 1}]}'
@@ -995,4 +1027,9 @@ def test_subprocess_drop_and_stall_flags_then_a_prompt_sigterm() -> None:
             _urlopen(url, SUB_POST, ONE_ROW, timeout=0.5)
         stats = _stats_of(url)
         assert (stats["commits"], stats["stalled_now"], stats["posts_in_flight"]) == (1, 1, 1)
+        _patch_faults(url, {"stall_after_commit_at": [3]})  # re-armed from outside the process
+        assert _urlopen(url, SUB_POST, ONE_ROW)[0] == 201
+        with pytest.raises(TimeoutError):
+            _urlopen(url, SUB_POST, ONE_ROW, timeout=0.5)
+        assert _stats_of(url)["stalls"] == 2
     assert proc.returncode == 0  # SIGTERM ended the stall; not killed after a timeout

@@ -60,7 +60,7 @@ def make_app(state: FakeArize) -> web.Application:
     """Build the fake Arize application around `state`."""
     app = web.Application(middlewares=[_fake_api], client_max_size=CLIENT_MAX_SIZE)
     app[STATE] = state
-    install(app)
+    install(app, state)
     examples = "/v2/datasets/{dataset_id}/examples"
     app.router.add_get("/_fake/stats", _stats)
     app.router.add_get("/v2/datasets", _list_datasets)

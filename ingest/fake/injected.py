@@ -5,21 +5,28 @@ then the rate limit. After an append has stored its rows: a 503, a dropped
 connection or a stall, the three ways a client is left not knowing whether
 its rows landed. `Counters` let a test see from outside (`/_fake/stats`) which
 of these moments the server is in, e.g. "a commit happened and its answer is
-still pending", before it kills the client.
+still pending", before it kills the client; `PATCH /_fake/faults` lets a test
+re-arm a server that runs in another process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
+import typing
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
+import orjson
 from aiohttp import web
 
 from ingest.fake.faults import FaultDice, Faults, TokenBucket, retry_after_header
 from ingest.fake.problems import Problem
+
+if TYPE_CHECKING:
+    from ingest.fake.storage import FakeArize
 
 STALL_RELEASE: Final = web.AppKey("stall_release", asyncio.Event)
 
@@ -57,8 +64,8 @@ class Counters:
     """Requests answered 429 because of a throttle storm."""
 
 
-def install(app: web.Application) -> None:
-    """Give `app` the event that ends every stall when the server shuts down."""
+def install(app: web.Application, state: FakeArize) -> None:
+    """Give `app` the event that ends every stall at shutdown, and `/_fake/faults`."""
     app[STALL_RELEASE] = asyncio.Event()
 
     async def release(app: web.Application) -> None:
@@ -66,6 +73,23 @@ def install(app: web.Application) -> None:
 
     # on_shutdown runs before aiohttp waits (up to 60 s) for handlers to finish.
     app.on_shutdown.append(release)
+
+    async def faults_endpoint(request: web.Request) -> web.Response:
+        if request.method == "PATCH":
+            try:
+                change_faults(state.faults, orjson.loads(await request.read()))
+            except orjson.JSONDecodeError:
+                return Problem(400, "the body is not JSON").response(request.path)
+            except Problem as problem:
+                return problem.response(request.path)
+        return web.json_response(faults_json(state.faults), dumps=_dumps)
+
+    app.router.add_get("/_fake/faults", faults_endpoint)
+    app.router.add_patch("/_fake/faults", faults_endpoint)
+
+
+def _dumps(value: object) -> str:
+    return orjson.dumps(value).decode()
 
 
 def start_window(seconds: float) -> float:
@@ -143,3 +167,40 @@ def close_connection(request: web.Request) -> web.Response:
     if transport is not None:
         transport.close()
     return web.Response(status=204)
+
+
+def faults_json(faults: Faults) -> dict[str, object]:
+    """The faults as JSON values, as `GET /_fake/faults` answers them."""
+    body = dataclasses.asdict(faults)
+    body["stall_after_commit_at"] = sorted(faults.stall_after_commit_at)
+    return body
+
+
+def change_faults(faults: Faults, changes: object) -> None:
+    """Set the fields named in `changes` (a JSON object); Problem 400 for a bad one.
+
+    It lets a test re-arm a fake server running in another process, e.g.
+    `{"stall_after_commit_at": [7]}` or `{"outage_seconds": 2}` (from the next request).
+    """
+    if not isinstance(changes, dict):
+        raise Problem(400, "send a JSON object of Faults fields")
+    hints = typing.get_type_hints(Faults)
+    checked: dict[str, object] = {}  # all checked before any is set: a refusal changes none
+    for name, value in changes.items():
+        if name not in hints or name.endswith("_until"):
+            raise Problem(400, f"{name!r} is not a fault that can be set")
+        allowed = typing.get_args(hints[name]) or (hints[name],)
+        if name == "stall_after_commit_at":
+            if not isinstance(value, list) or not all(type(k) is int for k in value):
+                raise Problem(400, "`stall_after_commit_at` takes a list of commit numbers")
+            value = frozenset(value)
+        elif not (
+            (value is None and type(None) in allowed)
+            or (type(value) is bool and bool in allowed)
+            or (type(value) in (int, float) and float in allowed)
+            or (type(value) in (int, str) and type(value) in allowed)
+        ):
+            raise Problem(400, f"{name!r} cannot be {value!r}")
+        checked[name] = float(value) if type(value) is int and float in allowed else value
+    for name, value in checked.items():
+        setattr(faults, name, value)
