@@ -305,10 +305,12 @@ async def _search_examples(request: web.Request) -> web.Response:
     limit = limit_value(body.get("limit"), default=DEFAULT_PAGE, maximum=EXAMPLES_PAGE_MAX)
     start = _decode_cursor("row", optional_str(body, "cursor")) or 0
     text = optional_str(body, "filter")
-    if text is None or (not text.strip() and not request.app[STATE].faults.search_filters):
+    if text is not None and not request.app[STATE].faults.search_filters:
+        if text.strip():
+            raise Problem(400, "this server does not support `filter`; search without one")
+        text = None
+    if text is None:
         return _examples_page(dataset, start, limit, None)
-    if not request.app[STATE].faults.search_filters:
-        raise Problem(400, "this server does not support `filter`; search without one")
     try:
         predicate = compile_filter(text)
     except FilterError as exc:

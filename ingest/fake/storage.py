@@ -39,7 +39,7 @@ _VARIANT: Final = bytes((b & 0x3F) | 0x80 for b in range(256))
 
 
 class RequestLogEntry(NamedTuple):
-    """One request the fake answered."""
+    """One request the fake answered; status 0 when it closed the connection instead."""
 
     time: float
     method: str
