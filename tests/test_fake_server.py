@@ -770,6 +770,7 @@ async def test_seeded_drops_and_stalls_are_repeatable(
     assert outcomes[0] == outcomes[1]
     assert set(outcomes[0]) == {"201", "dropped"}
     assert fake.state.counters.stalls > 0
+    assert fake.state.counters.commits == 24  # aiohttp never resends a dropped POST itself
 
 
 async def test_throttle_storm_starts_at_the_next_post_and_refuses_everything(

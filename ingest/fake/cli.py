@@ -40,8 +40,20 @@ def _parser() -> argparse.ArgumentParser:
     add("--retry-after", type=float, metavar="S", help="Retry-After sent with each 429")
     add("--max-body-bytes", type=int, metavar="N", help="larger bodies get HTTP 500")
     add("--refuse-field", metavar="NAME", help="422 for any example with this field")
-    add("--drop-after-commit-rate", type=float, default=0.0, metavar="P", help="drop after storing")
-    add("--stall-after-commit-rate", type=float, default=0.0, metavar="P", help="stall after store")
+    add(
+        "--drop-after-commit-rate",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="close the connection, unanswered, after storing",
+    )
+    add(
+        "--stall-after-commit-rate",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="answer --stall-seconds late after storing",
+    )
     add(
         "--stall-after-commit-at",
         type=int,
@@ -50,13 +62,44 @@ def _parser() -> argparse.ArgumentParser:
         metavar="K",
         help="the K-th POST that stores rows then stalls (repeatable)",
     )
-    add("--stall-seconds", type=float, default=60.0, metavar="S", help="how long a stall lasts")
-    add("--throttle-storm", type=float, default=0.0, metavar="S", help="429s for S s from a POST")
-    add("--retry-after-http-date", action="store_true", help="Retry-After as an HTTP date")
-    add("--outage-seconds", type=float, default=0.0, metavar="S", help="503 to all for S s")
-    add("--outage-after-requests", type=int, metavar="K", help="the outage starts at request K")
-    add("--no-search-filters", action="store_true", help="400 to a search with a filter")
-    add("--seed", type=int, help="seed for the fail-rate coin flips")
+    add(
+        "--stall-seconds",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="how late a stalled answer comes (default: %(default)s)",
+    )
+    add(
+        "--throttle-storm",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="429 to every request for S seconds from the first POST of examples",
+    )
+    add(
+        "--retry-after-http-date",
+        action="store_true",
+        help="send Retry-After as an HTTP date rather than seconds",
+    )
+    add(
+        "--outage-seconds",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="503 to every request for S seconds, the data kept",
+    )
+    add(
+        "--outage-after-requests",
+        type=int,
+        metavar="K",
+        help="the outage begins at the K-th /v2 request (default: the first)",
+    )
+    add(
+        "--no-search-filters",
+        action="store_true",
+        help="400 to a search that has a filter, as a server without filters",
+    )
+    add("--seed", type=int, help="seed for the coin flips of every rate")
     return parser
 
 
