@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import email.utils
 import json
 import subprocess
 import time
@@ -17,7 +19,7 @@ from fakeproc import fake_process, fake_server_command, fake_server_env
 
 import ingest.fake
 from ingest.fake import FakeArize, Faults, main, serve
-from ingest.fake.faults import TokenBucket
+from ingest.fake.faults import TokenBucket, retry_after_header
 from ingest.fake.filters import FilterError, compile_filter
 
 PROBLEM_KEYS = {"status", "title", "type", "detail", "instance", "error_code"}
@@ -570,7 +572,9 @@ async def test_requests_are_logged_and_counted(
     await post_examples(http, fake.dataset_id, [])
     async with aiohttp.ClientSession() as anonymous, anonymous.get(f"{fake.url}/_fake/stats") as r:
         stats = await r.json()
-    assert stats == {"post_examples_requests": 2, "datasets": {fake.dataset_id: 2}}
+    assert stats["post_examples_requests"] == 2
+    assert stats["datasets"] == {fake.dataset_id: 2}
+    assert (stats["commits"], stats["posts_answered"], stats["posts_in_flight"]) == (1, 2, 0)
     assert [(e.method, e.status) for e in fake.state.requests] == [
         ("POST", 201),
         ("POST", 422),
@@ -602,7 +606,8 @@ def test_subprocess_prints_its_url_and_serves() -> None:
         assert url.startswith("http://127.0.0.1:")
         status, stats = _post_and_stats(url, dataset_id, "sub-key")
         assert status == 201
-        assert stats == {"post_examples_requests": 1, "datasets": {dataset_id: 1}}
+        assert (stats["post_examples_requests"], stats["commits"]) == (1, 1)
+        assert stats["datasets"] == {dataset_id: 1}
     assert proc.returncode == 0
 
 
@@ -639,3 +644,393 @@ def test_main_refuses_fail_rates_outside_0_to_1() -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["--port", "0", "--api-key", "k", "--fail-rate", "1.5"])
     assert exit_info.value.code == 2
+
+
+# --- Faults that leave the client not knowing, windows, and the counters -------
+
+
+async def fake_stats(url: str) -> dict[str, Any]:
+    """Read /_fake/stats (no auth)."""
+    async with aiohttp.ClientSession() as anonymous, anonymous.get(f"{url}/_fake/stats") as r:
+        stats: dict[str, Any] = await r.json()
+        return stats
+
+
+async def wait_for_stat(url: str, key: str, value: int) -> dict[str, Any]:
+    """Poll /_fake/stats until `key` reaches `value` (within 10 s) and return the stats."""
+    for _ in range(1000):
+        stats = await fake_stats(url)
+        if stats[key] >= value:
+            return stats
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{key} never reached {value}: {stats}")
+
+
+async def test_drop_after_commit_stores_then_closes_without_an_answer(
+    fake: FakeService, http: aiohttp.ClientSession
+) -> None:
+    """With drop_after_commit_rate 1 the rows are stored and the client sees a disconnect."""
+    fake.state.faults.drop_after_commit_rate = 1.0
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await post_examples(http, fake.dataset_id, [{"a": 1}, {"a": 2}])
+    assert [e["a"] for e in fake.state.examples(fake.dataset_id)] == [1, 2]
+    stats = await fake_stats(fake.url)
+    assert (stats["commits"], stats["drops"], stats["posts_answered"]) == (1, 1, 0)
+    assert stats["posts_in_flight"] == 0
+    assert fake.state.requests[0].status == 0  # logged as answered with nothing
+    fake.state.faults.drop_after_commit_rate = 0.0
+    status, _ = await post_examples(http, fake.dataset_id, [{"a": 3}])
+    assert status == 201  # the same session reconnects
+
+
+async def test_stall_after_commit_outlasts_the_client_timeout(
+    fake: FakeService, http: aiohttp.ClientSession
+) -> None:
+    """A stalled commit stores its rows and answers only after the client has timed out."""
+    fake.state.faults.stall_after_commit_rate = 1.0
+    fake.state.faults.stall_seconds = 600.0  # longer than pytest's timeout: shutdown must end it
+    with pytest.raises(TimeoutError):
+        async with http.post(
+            examples_path(fake.dataset_id),
+            json={"examples": [{"a": 1}]},
+            timeout=aiohttp.ClientTimeout(total=0.5),
+        ):
+            pass
+    assert fake.state.example_count(fake.dataset_id) == 1
+    stats = await fake_stats(fake.url)
+    assert (stats["commits"], stats["stalls"], stats["stalled_now"]) == (1, 1, 1)
+    assert (stats["posts_answered"], stats["posts_in_flight"]) == (0, 1)
+
+
+async def test_stall_ends_with_the_late_answer_after_stall_seconds(
+    fake: FakeService, http: aiohttp.ClientSession
+) -> None:
+    """A client that waits longer than stall_seconds gets the real 201."""
+    fake.state.faults.stall_after_commit_rate = 1.0
+    fake.state.faults.stall_seconds = 0.05
+    status, body = await post_examples(http, fake.dataset_id, [{"a": 1}])
+    assert status == 201 and len(body["example_ids"]) == 1
+    stats = await fake_stats(fake.url)
+    assert (stats["stalls"], stats["stalled_now"], stats["posts_answered"]) == (1, 0, 1)
+
+
+async def test_server_shutdown_ends_a_stall_without_an_answer() -> None:
+    """Stopping the server cuts a stall short: the client is disconnected, not kept waiting."""
+    state = FakeArize(api_key="k", faults=Faults(stall_after_commit_at={1}, stall_seconds=600.0))
+    dataset_id = state.create_dataset()
+    headers = {"Authorization": "Bearer k"}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        async with serve(state) as url:
+            pending = asyncio.ensure_future(
+                session.post(f"{url}{examples_path(dataset_id)}", json={"examples": [{"a": 1}]})
+            )
+            await wait_for_stat(url, "stalled_now", 1)
+        with pytest.raises(aiohttp.ServerDisconnectedError):
+            await pending
+    assert state.example_count(dataset_id) == 1
+    assert (state.counters.stalled_now, state.counters.drops) == (0, 1)
+
+
+async def test_stall_after_commit_at_stalls_only_that_commit(
+    fake: FakeService, http: aiohttp.ClientSession
+) -> None:
+    """stall_after_commit_at {K} stalls the K-th storing POST; the stats show it pending."""
+    fake.state.faults.stall_after_commit_at = {2}
+    fake.state.faults.stall_seconds = 600.0
+    fake.state.faults.fail_rate = 1.0  # a refused POST is not a commit and does not count
+    assert (await post_examples(http, fake.dataset_id, [{"a": 0}]))[0] == 503
+    fake.state.faults.fail_rate = 0.0
+    assert (await post_examples(http, fake.dataset_id, [{"a": 1}]))[0] == 201
+    stalled = asyncio.ensure_future(post_examples(http, fake.dataset_id, [{"a": 2}]))
+    stats = await wait_for_stat(fake.url, "stalled_now", 1)
+    assert (stats["commits"], stats["posts_answered"], stats["posts_in_flight"]) == (2, 2, 1)
+    assert (await post_examples(http, fake.dataset_id, [{"a": 3}]))[0] == 201
+    assert [e["a"] for e in fake.state.examples(fake.dataset_id)] == [1, 2, 3]
+    stalled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stalled
+
+
+async def test_seeded_drops_and_stalls_are_repeatable(
+    fake: FakeService, http: aiohttp.ClientSession
+) -> None:
+    """The same seed drops and stalls the same requests, every time."""
+    outcomes: list[list[str]] = []
+    for _ in range(2):
+        fake.state.faults = Faults(
+            drop_after_commit_rate=0.4, stall_after_commit_rate=0.4, stall_seconds=0.0, seed=5
+        )
+        run: list[str] = []
+        for _ in range(12):
+            try:
+                run.append(str((await post_examples(http, fake.dataset_id, [{"a": 1}]))[0]))
+            except aiohttp.ServerDisconnectedError:
+                run.append("dropped")
+        outcomes.append(run)
+    assert outcomes[0] == outcomes[1]
+    assert set(outcomes[0]) == {"201", "dropped"}
+    assert fake.state.counters.stalls > 0
+    assert fake.state.counters.commits == 24  # aiohttp never resends a dropped POST itself
+
+
+async def test_throttle_storm_starts_at_the_next_post_and_refuses_everything(
+    fake: FakeService, http: aiohttp.ClientSession
+) -> None:
+    """An armed storm begins at the next POST and answers every request 429 until it ends."""
+    fake.state.faults.throttle_storm = 30.0
+    path = examples_path(fake.dataset_id)
+    async with http.get(path) as response:
+        assert response.status == 200  # armed, not yet started
+    status, body = await post_examples(http, fake.dataset_id, [{"a": 1}])
+    assert_problem(status, body, 429)
+    for request in (http.get(path), http.post(path + "/search", json={})):
+        async with request as response:
+            assert_problem(response.status, await response.json(content_type=None), 429)
+            assert 1 <= int(response.headers["Retry-After"]) <= 30
+    assert fake.state.faults.throttle_storm == 0.0  # consumed: one storm per setting
+    assert fake.state.counters.storm_refusals == 3
+    fake.state.faults.throttle_until = None  # a test may end it early
+    assert (await post_examples(http, fake.dataset_id, [{"a": 2}]))[0] == 201
+    assert fake.state.example_count(fake.dataset_id) == 1
+
+
+async def test_throttle_storm_started_explicitly_sends_an_http_date(
+    fake: FakeService, http: aiohttp.ClientSession
+) -> None:
+    """start_throttle_storm refuses at once, and Retry-After can be an RFC 9110 IMF-fixdate."""
+    fake.state.faults.retry_after_http_date = True
+    before = time.time()
+    fake.state.start_throttle_storm(30.0)
+    async with http.get(examples_path(fake.dataset_id)) as response:
+        assert response.status == 429
+        header = response.headers["Retry-After"]
+    assert header.endswith(" GMT")
+    moment = email.utils.parsedate_to_datetime(header)
+    assert moment.tzinfo is not None
+    assert before < moment.timestamp() <= time.time() + 31
+    assert email.utils.format_datetime(moment, usegmt=True) == header
+
+
+async def test_rate_limit_can_send_retry_after_as_a_date(
+    fake: FakeService, http: aiohttp.ClientSession
+) -> None:
+    """The rate limiter's 429 honours retry_after_http_date too."""
+    fake.state.faults.rate_limit = 0.01
+    fake.state.faults.retry_after_http_date = True
+    for expected in (200, 429):
+        async with http.get(examples_path(fake.dataset_id)) as response:
+            assert response.status == expected
+    assert email.utils.parsedate_to_datetime(response.headers["Retry-After"]).tzinfo is not None
+
+
+def test_retry_after_date_rounds_up_to_the_second() -> None:
+    """A date has whole seconds, so the wait is rounded up, never shortened."""
+    faults = Faults(retry_after=0.3, retry_after_http_date=True)
+    assert retry_after_header(faults, 99.0, now=10.0) == "Thu, 01 Jan 1970 00:00:11 GMT"
+    assert retry_after_header(Faults(), 1.2) == "2"
+
+
+async def test_outage_answers_503_to_everything_and_keeps_the_data(
+    fake: FakeService, http: aiohttp.ClientSession
+) -> None:
+    """During an outage every /v2 request gets 503 problem+json; afterwards the rows are there."""
+    await post_examples(http, fake.dataset_id, [{"a": 1}])
+    fake.state.start_outage(30.0)
+    path = examples_path(fake.dataset_id)
+    status, body = await post_examples(http, fake.dataset_id, [{"a": 2}])
+    assert_problem(status, body, 503)
+    for request in (http.get(path), http.get("/v2/datasets"), http.post(path + "/search")):
+        async with request as response:
+            assert_problem(response.status, await response.json(content_type=None), 503)
+    assert (await fake_stats(fake.url))["outage_refusals"] == 4  # stats stay reachable
+    fake.state.faults.outage_until = time.monotonic()  # the outage is over
+    assert [e["a"] for e in await list_all(http, fake.dataset_id, 10)] == [1]
+
+
+async def test_outage_after_requests_begins_at_that_request(
+    fake: FakeService, http: aiohttp.ClientSession
+) -> None:
+    """outage_after_requests K makes the K-th /v2 request the first one refused."""
+    fake.state.faults = Faults(outage_seconds=30.0, outage_after_requests=3)
+    statuses = [(await post_examples(http, fake.dataset_id, [{"a": i}]))[0] for i in range(4)]
+    assert statuses == [201, 201, 503, 503]
+    assert fake.state.faults.outage_seconds == 0.0 and fake.state.faults.outage_until
+    assert fake.state.example_count(fake.dataset_id) == 2
+
+
+async def test_search_without_filter_support_refuses_filters_but_lists(
+    fake: FakeService, http: aiohttp.ClientSession
+) -> None:
+    """With search_filters off a filter gets 400 problem+json; no filter still lists all."""
+    await post_examples(http, fake.dataset_id, [{"k": "a"}, {"k": "b"}])
+    fake.state.faults.search_filters = False
+    search = examples_path(fake.dataset_id) + "/search"
+    async with http.post(search, json={"filter": "k = 'a'"}) as response:
+        assert_problem(response.status, await response.json(content_type=None), 400)
+    for request_body in ({}, {"limit": 1}, {"filter": ""}):
+        async with http.post(search, json=request_body) as response:
+            assert response.status == 200
+            page = await response.json()
+        assert [e["k"] for e in page["examples"]] == ["a", "b"][: request_body.get("limit", 2)]
+    assert fake.state.counters.searches == 4
+
+
+async def test_search_selects_a_key_range_on_strings_and_quoted_fields(
+    fake: FakeService, http: aiohttp.ClientSession
+) -> None:
+    """`>=` and `<` order strings, AND/OR combine them, and odd field names can be quoted."""
+    rows = [{"ingest_key": f"k-{i:03d}", "my.key": f"v{i}", "odd-name!": i} for i in range(8)]
+    await post_examples(http, fake.dataset_id, rows)
+    queries = {
+        "ingest_key >= 'k-002' AND ingest_key < 'k-005'": [2, 3, 4],
+        "ingest_key < 'k-001' OR ingest_key >= 'k-007'": [0, 7],
+        "\"my.key\" = 'v3' OR `my.key` = 'v6'": [3, 6],
+        '"odd-name!" >= 6': [6, 7],
+    }
+    for query, expected in queries.items():
+        async with http.post(
+            examples_path(fake.dataset_id) + "/search", json={"filter": query}
+        ) as response:
+            assert response.status == 200, query
+            found = (await response.json())["examples"]
+        assert [e["odd-name!"] for e in found] == expected, query
+
+
+async def test_counters_count_searches_deletes_and_answers(
+    fake: FakeService, http: aiohttp.ClientSession
+) -> None:
+    """/_fake/stats counts commits, POSTs answered, searches and deletes."""
+    _, body = await post_examples(http, fake.dataset_id, [{"a": 1}, {"a": 2}])
+    path = examples_path(fake.dataset_id)
+    async with http.post(path + "/search", json={"filter": "a = 1"}):
+        pass
+    request = {"dataset_version_id": body["dataset_version_id"], "example_ids": body["example_ids"]}
+    async with http.delete(path, json=request):
+        pass
+    stats = await fake_stats(fake.url)
+    assert {k: stats[k] for k in ("commits", "posts_answered", "searches", "deletes")} == {
+        "commits": 1,
+        "posts_answered": 1,
+        "searches": 1,
+        "deletes": 1,
+    }
+    assert stats["v2_requests"] == 3
+
+
+async def test_faults_endpoint_reads_and_changes_the_faults(
+    fake: FakeService, http: aiohttp.ClientSession
+) -> None:
+    """PATCH /_fake/faults sets the named fields and answers them all; a bad one changes none."""
+    async with aiohttp.ClientSession(fake.url) as anonymous:
+        change = {"stall_after_commit_at": [3, 2], "outage_seconds": 5, "search_filters": False}
+        async with anonymous.patch("/_fake/faults", json=change) as response:
+            assert response.status == 200
+            shown = await response.json()
+        assert shown["stall_after_commit_at"] == [2, 3] and shown["outage_seconds"] == 5.0
+        assert fake.state.faults.stall_after_commit_at == {2, 3}
+        assert fake.state.faults.search_filters is False
+        for bad in ({"fail_rate": 0.5, "nope": 1}, {"outage_until": 1.0}, {"fail_rate": "x"}):
+            async with anonymous.patch("/_fake/faults", json=bad) as response:
+                assert_problem(response.status, await response.json(content_type=None), 400)
+        async with anonymous.get("/_fake/faults") as response:
+            assert (await response.json())["fail_rate"] == 0.0
+    status, _ = await post_examples(http, fake.dataset_id, [{"a": 1}])
+    assert status == 503  # the armed outage began at this request
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        ["--stall-after-commit-at", "0"],
+        ["--outage-after-requests", "0", "--outage-seconds", "1"],
+        ["--outage-after-requests", "3"],
+        ["--drop-after-commit-rate", "2"],
+        ["--stall-seconds", "-1"],
+    ],
+)
+def test_main_refuses_bad_fault_values(flag: list[str]) -> None:
+    """Counts start at 1, rates are fractions, durations are not negative."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--port", "0", "--api-key", "k", *flag])
+    assert exit_info.value.code == 2
+
+
+def _urlopen(url: str, path: str, body: bytes | None, timeout: float = 10) -> tuple[int, str]:
+    """Send one request with the stdlib client; return (status, Retry-After or "")."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{url}{path}",
+        data=body,
+        headers={"Authorization": "Bearer sub-key", "Content-Type": "application/json"},
+        method="POST" if body is not None else "GET",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.headers.get("Retry-After", "")
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers.get("Retry-After", "")
+
+
+def _stats_of(url: str) -> dict[str, Any]:
+    """Read /_fake/stats with the stdlib client."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/_fake/stats", timeout=10) as response:
+        stats: dict[str, Any] = json.loads(response.read())
+        return stats
+
+
+def _patch_faults(url: str, changes: dict[str, Any]) -> None:
+    """Change a running server's faults through PATCH /_fake/faults."""
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"{url}/_fake/faults", data=json.dumps(changes).encode(), method="PATCH"
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+
+
+SUB_DATASET = "RGF0YXNldDoxOmE/Yj4+"
+SUB_POST = examples_path(SUB_DATASET)
+ONE_ROW = b'{"examples": [{"a": 1}]}'
+
+
+def test_subprocess_flags_inject_storms_outages_and_filterless_search() -> None:
+    """The CLI flags arm a dated 429 storm, an outage at request K, and filterless search."""
+    base = ["--api-key", "sub-key", "--dataset", SUB_DATASET]
+    storm = ["--throttle-storm", "600", "--retry-after-http-date"]
+    with fake_process(*base, *storm) as (url, _):
+        status, retry_after = _urlopen(url, SUB_POST, ONE_ROW)
+        assert status == 429 and retry_after.endswith(" GMT")
+    outage = ["--outage-after-requests", "2", "--outage-seconds", "600", "--no-search-filters"]
+    with fake_process(*base, *outage) as (url, _):
+        assert _urlopen(url, SUB_POST + "/search", b'{"filter": "a = 1"}')[0] == 400
+        assert [_urlopen(url, SUB_POST, ONE_ROW)[0] for _ in range(2)] == [503, 503]
+        stats = _stats_of(url)
+        assert (stats["outage_refusals"], stats["searches"]) == (2, 1)
+
+
+def test_subprocess_drop_and_stall_flags_then_a_prompt_sigterm() -> None:
+    """A dropped commit gets no answer, and a stalled one does not hold up SIGTERM."""
+    import http.client
+
+    args = ["--api-key", "sub-key", "--dataset", SUB_DATASET]
+    with fake_process(*args, "--drop-after-commit-rate", "1") as (url, _):
+        with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
+            _urlopen(url, SUB_POST, ONE_ROW)
+        assert _stats_of(url)["drops"] == 1
+    stall = ["--stall-after-commit-at", "1", "--stall-seconds", "600"]
+    with fake_process(*args, *stall) as (url, proc):
+        with pytest.raises(TimeoutError):
+            _urlopen(url, SUB_POST, ONE_ROW, timeout=0.5)
+        stats = _stats_of(url)
+        assert (stats["commits"], stats["stalled_now"], stats["posts_in_flight"]) == (1, 1, 1)
+        _patch_faults(url, {"stall_after_commit_at": [3]})  # re-armed from outside the process
+        assert _urlopen(url, SUB_POST, ONE_ROW)[0] == 201
+        with pytest.raises(TimeoutError):
+            _urlopen(url, SUB_POST, ONE_ROW, timeout=0.5)
+        assert _stats_of(url)["stalls"] == 2
+    assert proc.returncode == 0  # SIGTERM ended the stall; not killed after a timeout

@@ -1,8 +1,10 @@
 """The aiohttp application: Arize's datasets REST API over a `FakeArize` state.
 
-Every /v2 request passes, in order: the request log, the added latency, the
-rate limit (429), the API key check (401), then its handler. Handlers raise
-`Problem` for every refusal, rendered as `application/problem+json`.
+Every /v2 request passes, in order: the request log and counters, the added
+latency, an outage (503), a throttle storm or the rate limit (429), the API key
+check (401), then its handler; an append that stored its rows may then lose its
+answer (`injected.after_commit`). Handlers raise `Problem` for every refusal,
+rendered as `application/problem+json`.
 """
 
 from __future__ import annotations
@@ -18,8 +20,15 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from ingest.fake.faults import retry_after_header
 from ingest.fake.filters import FilterError, compile_filter
+from ingest.fake.injected import (
+    STALL_RELEASE,
+    Dropped,
+    after_commit,
+    close_connection,
+    install,
+    refuse_before_handler,
+)
 from ingest.fake.payload import (
     MAX_EXAMPLES_PER_REQUEST,
     Body,
@@ -41,6 +50,8 @@ EXAMPLES_PAGE_MAX: Final = 500
 DATASETS_PAGE_MAX: Final = 100
 DEFAULT_PAGE: Final = 50
 INSERT_ROUTE: Final = "insert_dataset_examples"
+SEARCH_ROUTE: Final = "search_dataset_examples"
+DELETE_ROUTE: Final = "delete_dataset_examples"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -49,6 +60,7 @@ def make_app(state: FakeArize) -> web.Application:
     """Build the fake Arize application around `state`."""
     app = web.Application(middlewares=[_fake_api], client_max_size=CLIENT_MAX_SIZE)
     app[STATE] = state
+    install(app, state)
     examples = "/v2/datasets/{dataset_id}/examples"
     app.router.add_get("/_fake/stats", _stats)
     app.router.add_get("/v2/datasets", _list_datasets)
@@ -59,8 +71,8 @@ def make_app(state: FakeArize) -> web.Application:
     app.router.add_post(examples, _insert_examples, name=INSERT_ROUTE)
     app.router.add_get(examples, _list_examples)
     app.router.add_patch(examples, _update_examples)
-    app.router.add_delete(examples, _delete_examples)
-    app.router.add_post(examples + "/search", _search_examples)
+    app.router.add_delete(examples, _delete_examples, name=DELETE_ROUTE)
+    app.router.add_post(examples + "/search", _search_examples, name=SEARCH_ROUTE)
     return app
 
 
@@ -68,41 +80,45 @@ def make_app(state: FakeArize) -> web.Application:
 async def _fake_api(request: web.Request, handler: Handler) -> web.StreamResponse:
     state = request.app[STATE]
     status = 500
+    is_append = request.match_info.route.name == INSERT_ROUTE and request.method == "POST"
     try:
         if request.path.startswith("/v2/"):
-            response = await _through_faults(request, handler, state)
+            response = await _through_faults(request, handler, state, is_append)
         else:
             response = await handler(request)
         status = response.status
         return response
+    except Dropped:
+        status = 0  # no answer at all
+        return close_connection(request)
     except web.HTTPException as exc:
         status = exc.status
         raise
     finally:
+        if is_append and status != 0:
+            state.counters.posts_answered += 1
         state.requests.append(
             RequestLogEntry(time.monotonic(), request.method, request.path, status)
         )
 
 
 async def _through_faults(
-    request: web.Request, handler: Handler, state: FakeArize
+    request: web.Request, handler: Handler, state: FakeArize, is_append: bool
 ) -> web.StreamResponse:
-    route = request.match_info.route
-    if route.name == INSERT_ROUTE and request.method == "POST":
+    counters = state.counters
+    counters.v2_requests += 1
+    route_name = request.match_info.route.name
+    if is_append:
         state.post_examples_requests += 1
+    elif route_name == SEARCH_ROUTE:
+        counters.searches += 1
+    elif route_name == DELETE_ROUTE:
+        counters.deletes += 1
     faults = state.faults
     try:
         if faults.latency > 0:
             await asyncio.sleep(faults.latency)
-        if faults.rate_limit is not None:
-            wait = state.bucket.take(faults.rate_limit)
-            if wait > 0:
-                retry_after = retry_after_header(faults, wait)
-                raise Problem(
-                    429,
-                    f"rate limit of {faults.rate_limit:g} requests/s exceeded",
-                    headers={"Retry-After": retry_after},
-                )
+        refuse_before_handler(faults, counters, state.bucket, is_append=is_append)
         if request.headers.get("Authorization") != f"Bearer {state.api_key}":
             raise Problem(401, "missing or invalid API key in the Authorization header")
         return await handler(request)
@@ -173,9 +189,7 @@ def _pagination(kind: str, next_position: int | None) -> dict[str, Any]:
 
 
 async def _stats(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    datasets = {dataset_id: d.rows.count for dataset_id, d in state.datasets.items()}
-    return _json({"post_examples_requests": state.post_examples_requests, "datasets": datasets})
+    return _json(request.app[STATE].stats())
 
 
 async def _list_datasets(request: web.Request) -> web.Response:
@@ -253,8 +267,7 @@ async def _insert_examples(request: web.Request) -> web.Response:
             if faults.refuse_field in example:
                 raise Problem(422, f"examples[{index}]: field `{faults.refuse_field}` is refused")
     example_ids = state.append(dataset, version, encode_examples(body, examples))
-    if state.dice.roll(faults, faults.fail_after_commit_rate):
-        raise Problem(503, "service temporarily unavailable")
+    await after_commit(faults, state.counters, state.dice, request.app[STALL_RELEASE])
     reply = dataset.to_json(with_versions=False)
     reply["dataset_version_id"] = version.id
     reply["example_ids"] = example_ids
@@ -292,6 +305,10 @@ async def _search_examples(request: web.Request) -> web.Response:
     limit = limit_value(body.get("limit"), default=DEFAULT_PAGE, maximum=EXAMPLES_PAGE_MAX)
     start = _decode_cursor("row", optional_str(body, "cursor")) or 0
     text = optional_str(body, "filter")
+    if text is not None and not request.app[STATE].faults.search_filters:
+        if text.strip():
+            raise Problem(400, "this server does not support `filter`; search without one")
+        text = None
     if text is None:
         return _examples_page(dataset, start, limit, None)
     try:

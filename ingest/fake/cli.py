@@ -40,7 +40,66 @@ def _parser() -> argparse.ArgumentParser:
     add("--retry-after", type=float, metavar="S", help="Retry-After sent with each 429")
     add("--max-body-bytes", type=int, metavar="N", help="larger bodies get HTTP 500")
     add("--refuse-field", metavar="NAME", help="422 for any example with this field")
-    add("--seed", type=int, help="seed for the fail-rate coin flips")
+    add(
+        "--drop-after-commit-rate",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="close the connection, unanswered, after storing",
+    )
+    add(
+        "--stall-after-commit-rate",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="answer --stall-seconds late after storing",
+    )
+    add(
+        "--stall-after-commit-at",
+        type=int,
+        action="append",
+        default=[],
+        metavar="K",
+        help="the K-th POST that stores rows then stalls (repeatable)",
+    )
+    add(
+        "--stall-seconds",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="how late a stalled answer comes (default: %(default)s)",
+    )
+    add(
+        "--throttle-storm",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="429 to every request for S seconds from the first POST of examples",
+    )
+    add(
+        "--retry-after-http-date",
+        action="store_true",
+        help="send Retry-After as an HTTP date rather than seconds",
+    )
+    add(
+        "--outage-seconds",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="503 to every request for S seconds, the data kept",
+    )
+    add(
+        "--outage-after-requests",
+        type=int,
+        metavar="K",
+        help="the outage begins at the K-th /v2 request (default: the first)",
+    )
+    add(
+        "--no-search-filters",
+        action="store_true",
+        help="400 to a search that has a filter, as a server without filters",
+    )
+    add("--seed", type=int, help="seed for the coin flips of every rate")
     return parser
 
 
@@ -51,11 +110,26 @@ def main(argv: list[str] | None = None) -> int:
     api_key = args.api_key or os.environ.get("ARIZE_API_KEY")
     if not api_key:
         parser.error("give --api-key or set ARIZE_API_KEY")
-    for rate in (args.fail_rate, args.fail_after_commit_rate):
+    rates = (
+        args.fail_rate,
+        args.fail_after_commit_rate,
+        args.drop_after_commit_rate,
+        args.stall_after_commit_rate,
+    )
+    for rate in rates:
         if not 0.0 <= rate <= 1.0:
             parser.error(f"fail rates are fractions from 0 to 1; got {rate}")
     if args.rate_limit is not None and args.rate_limit <= 0:
         parser.error("--rate-limit must be positive")
+    counts = [*args.stall_after_commit_at, args.outage_after_requests]
+    for count in counts:
+        if count is not None and count < 1:
+            parser.error(f"commits and requests are counted from 1; got {count}")
+    if args.outage_after_requests is not None and not args.outage_seconds:
+        parser.error("--outage-after-requests needs --outage-seconds")
+    for name in ("stall_seconds", "throttle_storm", "outage_seconds"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must not be negative")
     faults = Faults(
         latency=args.latency,
         fail_rate=args.fail_rate,
@@ -64,6 +138,15 @@ def main(argv: list[str] | None = None) -> int:
         retry_after=args.retry_after,
         max_body_bytes=args.max_body_bytes,
         refuse_field=args.refuse_field,
+        drop_after_commit_rate=args.drop_after_commit_rate,
+        stall_after_commit_rate=args.stall_after_commit_rate,
+        stall_after_commit_at=frozenset(args.stall_after_commit_at),
+        stall_seconds=args.stall_seconds,
+        throttle_storm=args.throttle_storm,
+        retry_after_http_date=args.retry_after_http_date,
+        outage_seconds=args.outage_seconds,
+        outage_after_requests=args.outage_after_requests,
+        search_filters=not args.no_search_filters,
         seed=args.seed,
     )
     state = FakeArize(api_key=api_key, faults=faults)

@@ -1,16 +1,19 @@
 """Fault settings for the fake server and the token bucket behind its rate limit.
 
 `Faults` is mutable on purpose: a test can make the server slow, flaky or
-stingy in the middle of a run and watch the client cope.
+stingy in the middle of a run and watch the client cope. `injected.py` applies
+them; this module holds the settings, the dice and the token bucket.
 """
 
 from __future__ import annotations
 
+import email.utils
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 
 @dataclass(slots=True)
@@ -36,6 +39,31 @@ class Faults:
     refuse_field: str | None = None
     """Examples carrying this top-level field are refused with 422, as the real API
     refuses values the client cannot know are bad: a poison row for bisection."""
+    drop_after_commit_rate: float = 0.0
+    """Fraction of POST examples whose connection is closed, with no answer, after storing."""
+    stall_after_commit_rate: float = 0.0
+    """Fraction of POST examples that store, then wait `stall_seconds` before answering."""
+    stall_after_commit_at: Collection[int] = ()
+    """The commits with these numbers (1 = the first POST examples that stores) then stall."""
+    stall_seconds: float = 60.0
+    """How long a stall after a commit lasts; a server shutdown cuts it short (no answer)."""
+    throttle_storm: float = 0.0
+    """Seconds of a 429 storm, armed: it begins at the next POST examples and answers 429
+    to every /v2 request until it ends. Starting it sets `throttle_until` and clears this."""
+    throttle_until: float | None = None
+    """`time.monotonic()` deadline of the running 429 storm."""
+    retry_after_http_date: bool = False
+    """Send each 429's Retry-After as an HTTP date (RFC 9110 IMF-fixdate), not seconds."""
+    outage_seconds: float = 0.0
+    """Seconds of an outage, armed: every /v2 request answers 503 (the data is kept). It
+    begins at /v2 request number `outage_after_requests`, or at the next one when that is
+    None. Starting it sets `outage_until` and clears this."""
+    outage_after_requests: int | None = None
+    """The /v2 request (counted from the server's start) at which the armed outage begins."""
+    outage_until: float | None = None
+    """`time.monotonic()` deadline of the running outage."""
+    search_filters: bool = True
+    """False: a search with a non-blank `filter` gets 400, as a server without filters."""
     seed: int | None = None
     """Seed for the coin flips behind the fail rates."""
 
@@ -97,10 +125,22 @@ class TokenBucket:
         return (1.0 - self._tokens) / rate if rate > 0 else math.inf
 
 
-def retry_after_header(faults: Faults, wait: float) -> str:
-    """The Retry-After value: the configured one, else the wait rounded up (min 1)."""
+def retry_after_header(faults: Faults, wait: float, *, now: float | None = None) -> str:
+    """The Retry-After value: the configured one, else the wait rounded up (min 1).
+
+    With `retry_after_http_date` it is the moment, `now` (wall-clock seconds) plus
+    that, as an IMF-fixdate rounded up to the second, since a date has no fractions.
+
+    >>> retry_after_header(Faults(retry_after_http_date=True), 1.5, now=0.0)
+    'Thu, 01 Jan 1970 00:00:02 GMT'
+    """
     if faults.retry_after is not None:
-        return f"{faults.retry_after:g}"
-    if math.isinf(wait):
-        return "60"
-    return str(max(1, math.ceil(wait)))
+        seconds = faults.retry_after
+        text = f"{seconds:g}"
+    else:
+        seconds = 60.0 if math.isinf(wait) else float(max(1, math.ceil(wait)))
+        text = f"{seconds:.0f}"
+    if not faults.retry_after_http_date:
+        return text
+    moment = math.ceil((time.time() if now is None else now) + seconds)
+    return email.utils.format_datetime(datetime.fromtimestamp(moment, tz=UTC), usegmt=True)

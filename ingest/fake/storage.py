@@ -9,6 +9,7 @@ are rendered by splicing those bytes, never by re-parsing them.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import itertools
 import json
@@ -25,6 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final, NamedTuple
 
 from ingest.fake.faults import FaultDice, Faults, TokenBucket
+from ingest.fake.injected import Counters, start_window
 
 DEFAULT_SPACE_ID: Final = "U3BhY2U6MTphQmNE"  # base64 of "Space:1:aBcD"
 REQUEST_LOG_SIZE: Final = 100_000
@@ -37,7 +39,7 @@ _VARIANT: Final = bytes((b & 0x3F) | 0x80 for b in range(256))
 
 
 class RequestLogEntry(NamedTuple):
-    """One request the fake answered."""
+    """One request the fake answered; status 0 when it closed the connection instead."""
 
     time: float
     method: str
@@ -249,11 +251,20 @@ class FakeArize:
         self.faults = faults if faults is not None else Faults()
         self.datasets: dict[str, Dataset] = {}
         self.post_examples_requests = 0
+        self.counters = Counters()
         self.requests: deque[RequestLogEntry] = deque(maxlen=REQUEST_LOG_SIZE)
         self.clock = StampClock()
         self.bucket = TokenBucket()
         self.dice = FaultDice()
         self._numbers = itertools.count(1)
+
+    def start_outage(self, seconds: float) -> None:
+        """Answer every /v2 request 503 for `seconds` from now; the data is kept."""
+        self.faults.outage_until = start_window(seconds)
+
+    def start_throttle_storm(self, seconds: float) -> None:
+        """Answer every /v2 request 429 for `seconds` from now."""
+        self.faults.throttle_until = start_window(seconds)
 
     def create_dataset(
         self,
@@ -300,6 +311,17 @@ class FakeArize:
         """The stored bytes of each live example's user object, in insertion order."""
         rows = self.datasets[dataset_id].rows
         return [rows.raw(row) for row in rows.live_rows()]
+
+    def stats(self) -> dict[str, Any]:
+        """What `GET /_fake/stats` answers: the counters and each dataset's row count."""
+        counters = self.counters
+        in_flight = self.post_examples_requests - counters.posts_answered - counters.drops
+        return {
+            "post_examples_requests": self.post_examples_requests,
+            **dataclasses.asdict(counters),
+            "posts_in_flight": in_flight,
+            "datasets": {dataset_id: d.rows.count for dataset_id, d in self.datasets.items()},
+        }
 
     def example_count(self, dataset_id: str) -> int:
         """How many live examples a dataset holds."""
