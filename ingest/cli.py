@@ -99,6 +99,12 @@ def _parser(*, json_wanted: bool = False) -> argparse.ArgumentParser:
         default=None,
         help="start over when the checkpoint is of another input or dataset (old kept as .bak)",
     )
+    run.add_argument(
+        "--allow-insecure-http",
+        action="store_true",
+        default=None,
+        help="allow a plain http:// --base-url beyond loopback (the key travels unencrypted)",
+    )
     run.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     _verbosity(run)
 
@@ -162,6 +168,7 @@ def _run(args: argparse.Namespace) -> int:
             "max_attempts",
             "max_retry_seconds",
             "restart",
+            "allow_insecure_http",
         )
     }
     try:
