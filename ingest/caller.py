@@ -6,12 +6,15 @@ goes through one ``RetryingCaller``: the sender's appends and the preflight's
 GET (and, next, settling's searches and deletes), so all of them share the
 retry rules, the rate limiter, the 429 pause (``PauseGate``: a 429 stops every
 worker until ``Retry-After``) and the stop: after a stop request no new request
-starts, and a retry waiting its turn is abandoned (``Abandoned``).
+starts, and a retry waiting its turn is abandoned (``Abandoned``). The
+preflight alone bounds a host that cannot be reached tighter (``Unreachable``).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 
@@ -44,6 +47,16 @@ class Abandoned(Exception):
     """A stop was asked for while a batch waited to be sent again: leave it."""
 
 
+class Unreachable(Exception):
+    """No connection could be made, attempt after attempt, within the tighter bounds."""
+
+    def __init__(self, cause: str, attempts: int, elapsed: float) -> None:
+        super().__init__(cause)
+        self.cause = cause
+        self.attempts = attempts
+        self.elapsed = elapsed
+
+
 class ServerErrorEveryTime(Exception):
     """A one-row batch got a row error (HTTP 500) on every attempt its budget allowed."""
 
@@ -66,7 +79,8 @@ class UnknownOutcome(Exception):
 class RetryingCaller:
     """Makes requests within the retry bounds; one per run, shared by every worker.
 
-    caller = RetryingCaller(policy=policy, stats=stats, describe=describe, stopping=stop)
+    caller = RetryingCaller(policy=policy, stats=stats, describe=describe, stopping=stop,
+                            base_url="https://api.arize.com")
     reply = await caller.call(client.get_dataset, "the preflight GET of the dataset")
     """
 
@@ -80,8 +94,10 @@ class RetryingCaller:
         gate: PauseGate | None = None,
         stopping: anyio.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
+        base_url: str = "",
     ) -> None:
         self._policy = policy
+        self._base_url = base_url  # names the API in a TLS failure
         self._stats = stats
         self._describe = describe
         self._limiter = limiter
@@ -99,6 +115,7 @@ class RetryingCaller:
         split_after_500s: int | None = None,
         reject_row_errors: bool = False,
         settle_unknown: bool = False,
+        bound_unreachable: bool = False,
     ) -> Reply:
         """Make ``request`` until it answers 2xx or refuses the rows, within the retry bounds.
 
@@ -111,11 +128,15 @@ class RetryingCaller:
         on every attempt raise ``ServerErrorEveryTime``, so the caller rejects the row.
         With ``settle_unknown``, an unknown outcome is not retried: it raises
         ``UnknownOutcome`` (after ``on_unknown``), so the caller looks the rows up first.
+        With ``bound_unreachable``, connections that fail in a row (no such host name,
+        nothing listening) raise ``Unreachable`` once ``RetryPolicy.unreachable()``
+        runs out: the preflight's way to fail fast on a mistyped base URL.
 
         Raises ``AuthError``, ``DatasetNotFoundError`` or ``DeliveryError`` on a refusal
         retrying cannot fix, and ``RetriesExhaustedError`` when the bounds run out.
         """
         attempts = throttled = fives = row_errors = 0
+        down, down_since = 0, 0.0  # connections failed in a row, since when
         last_row_error: Reply | None = None
         after: float | None = None  # what the last 429 asked for
         started = self._clock()
@@ -131,6 +152,7 @@ class RetryingCaller:
                 self._stats.retries[retry_kind(owed_retry)] += 1
             owed_retry = None
             self._stats.requests += 1
+            sent = self._clock()
             reply, action, cause = await self._attempt(request)
             if action in (Action.DELIVERED, Action.SPLIT):
                 assert reply is not None
@@ -138,6 +160,9 @@ class RetryingCaller:
             if action in (Action.AUTH, Action.NOT_FOUND, Action.FAIL):
                 assert reply is not None
                 raise self._fatal(action, reply, what)
+            # No reply and nothing sent: the host could not be reached at all.
+            unreached = reply is None and action is Action.RETRY
+            down, down_since = (down + 1, down_since if down else sent) if unreached else (0, 0.0)
             if action is Action.RETRY_UNKNOWN and on_unknown is not None:
                 await on_unknown(cause)  # journaled whether or not the rows go again
             if action is Action.RETRY_UNKNOWN and settle_unknown:
@@ -158,7 +183,14 @@ class RetryingCaller:
                 wait = self._policy.backoff(attempts)
                 after = None
             elapsed = self._clock() - started
-            if self._policy.gives_up(attempts=attempts, elapsed=elapsed, wait=wait):
+            gives_up = self._policy.gives_up(attempts=attempts, elapsed=elapsed, wait=wait)
+            if bound_unreachable and down:
+                spent = self._clock() - down_since
+                if gives_up or self._policy.unreachable().gives_up(
+                    attempts=down, elapsed=spent, wait=wait
+                ):
+                    raise Unreachable(cause, down, spent)
+            if gives_up:
                 # 429s are not attempts: a row error on each attempt is the row's doing.
                 if reject_row_errors and last_row_error is not None and row_errors == attempts:
                     raise ServerErrorEveryTime(last_row_error, attempts)
@@ -259,13 +291,14 @@ class RetryingCaller:
         try:
             reply = await request()
         except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
+            where = f" with {self._base_url}" if self._base_url else ""
             raise DeliveryError(
-                f"TLS failed: {exc}; if a proxy or private CA sits in between, point "
-                "SSL_CERT_FILE at its certificate"
+                f"TLS failed{where}: {exc}; check --base-url; if a proxy or private CA sits "
+                "in between, point SSL_CERT_FILE at its CA certificate (PEM)"
             ) from exc
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             # No connection was made, so nothing was sent: a plain retry.
-            return None, Action.RETRY, f"connection failed ({exc.__class__.__name__})"
+            return None, Action.RETRY, f"connection failed ({_no_connection(exc)})"
         except TimeoutError:
             return None, Action.RETRY_UNKNOWN, "timeout"
         except aiohttp.ClientError as exc:
@@ -282,6 +315,20 @@ class RetryingCaller:
         if action is Action.NOT_FOUND:
             return DatasetNotFoundError(message)
         return DeliveryError(message)
+
+
+def _no_connection(exc: aiohttp.ClientError) -> str:
+    """Why no connection was made, in words: no such host name, refused, or the OS's reason."""
+    if not isinstance(exc, aiohttp.ClientConnectorError):
+        return exc.__class__.__name__  # a connect timeout
+    proxy = "the proxy " if isinstance(exc, aiohttp.ClientProxyConnectionError) else ""
+    error = exc.os_error
+    if isinstance(error, socket.gaierror):
+        return f"{proxy}host name {exc.host!r} does not resolve"
+    where = f"{proxy}{exc.host}:{exc.port}"
+    if isinstance(error, ConnectionRefusedError) or error.errno == errno.ECONNREFUSED:
+        return f"{where} refused the connection"
+    return f"{where}: {error.strerror or error}"
 
 
 def _secs(seconds: float) -> str:

@@ -41,7 +41,7 @@ import orjson
 from ingest.errors import CheckpointError, RejectsFileError
 from ingest.identity import fingerprint as fingerprint
 from ingest.identity import is_v1_identity, mismatch
-from ingest.rejects import RejectsFile, backup_path, set_aside
+from ingest.rejects import FILE_MODE, RejectsFile, backup_path, set_aside
 from ingest.replay import JOURNAL_VERSION as JOURNAL_VERSION
 from ingest.replay import JournalState as JournalState
 from ingest.replay import LineRanges as LineRanges
@@ -111,7 +111,7 @@ class CheckpointJournal:
                 f"{path}: a checkpoint must be a regular file; pass --checkpoint PATH of a file"
             )
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
         except OSError as exc:
             raise CheckpointError(
                 f"{path}: cannot open checkpoint: {exc.strerror}; pass --checkpoint PATH "
@@ -163,8 +163,11 @@ class CheckpointJournal:
             if data:
                 # Never over an older backup: each restart keeps what it discards.
                 backup = backup_path(path)
-                with open(backup, "xb") as bak:
-                    bak.write(data)
+                bak = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+                try:
+                    _write_all(bak, data)
+                finally:
+                    os.close(bak)
                 log.info("the old checkpoint is kept as %s", backup)
             good, state = 0, JournalState(fingerprint=fp)
             header = {"t": "header", "v": JOURNAL_VERSION, "fingerprint": fp}

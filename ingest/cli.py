@@ -116,6 +116,12 @@ def _parser(*, json_wanted: bool = False) -> argparse.ArgumentParser:
         metavar="S",
         help="seconds a commit may take to show in a search (default 2)",
     )
+    run.add_argument(
+        "--allow-insecure-http",
+        action="store_true",
+        default=None,
+        help="allow a plain http:// --base-url beyond loopback (the key travels unencrypted)",
+    )
     run.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     _verbosity(run)
 
@@ -182,6 +188,7 @@ def _run(args: argparse.Namespace) -> int:
             "key_field_name",
             "no_key",
             "settle_lag",
+            "allow_insecure_http",
         )
     }
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import ipaddress
 import math
 import os
 import re
@@ -70,6 +71,8 @@ class RunConfig:
     # Seconds a commit may take to show in a search: a look-up that misses a row this
     # soon after its request looks again before the row is sent again.
     settle_lag: float = 2.0
+    # A plain http:// base_url sends the key in clear: only loopback unless this is set.
+    allow_insecure_http: bool = False
 
     def __post_init__(self) -> None:
         # A library caller may pass pathlib.Path (any os.PathLike) for a path.
@@ -142,9 +145,7 @@ def _problems(c: RunConfig) -> list[str]:
         out.append(_REQUIRED["input"])
     if not c.dataset_id:
         out.append(_REQUIRED["dataset_id"])
-    url = urlsplit(c.base_url)
-    if url.scheme not in ("http", "https") or not url.netloc:
-        out.append(f"base_url must be an http(s) URL, not {c.base_url!r}")
+    out.extend(_base_url_problems(c))
     if not 1 <= c.batch_rows <= MAX_BATCH_ROWS:
         out.append(f"batch_rows must be 1..{MAX_BATCH_ROWS} (the API's limit), not {c.batch_rows}")
     if not 1024 <= c.batch_bytes <= MAX_BATCH_BYTES:
@@ -173,6 +174,39 @@ def _problems(c: RunConfig) -> list[str]:
     if not 0 <= c.shutdown_grace <= _MAX_SECONDS:
         out.append(f"shutdown_grace must be 0..{_MAX_SECONDS:.0f} seconds, not {c.shutdown_grace}")
     return out
+
+
+def _base_url_problems(c: RunConfig) -> list[str]:
+    try:
+        url = urlsplit(c.base_url)
+        host, _ = url.hostname or "", url.port  # a bad port or "[::1" raises here
+    except ValueError:
+        url, host = None, ""
+    if url is None or url.scheme not in ("http", "https") or not host:
+        return [f"base_url must be an http(s) URL, not {c.base_url!r}"]
+    try:
+        # As the resolver will be asked: an empty or over-long label ("api..arize.com")
+        # would otherwise fail deep inside aiohttp, as an unexpected error.
+        host.encode("idna")
+    except UnicodeError:
+        return [f"base_url {c.base_url!r} has no valid host name; check --base-url"]
+    if url.scheme == "http" and not c.allow_insecure_http and not _is_loopback(host):
+        return [
+            f"base_url {c.base_url!r} is plain http: the API key and every row would cross "
+            "the network unencrypted. Use https://, or pass --allow-insecure-http "
+            "(allow_insecure_http = true) for a network you trust"
+        ]
+    return []
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine: localhost, 127.0.0.0/8 or ::1."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}

@@ -8,7 +8,8 @@
     └── DeliveryError               the API refused or could not take the rows
         ├── AuthError               401/403: ARIZE_API_KEY is refused (exit 3)
         ├── DatasetNotFoundError    404: the dataset (or version) does not exist (exit 4)
-        ├── BaseUrlError            the base URL is not the API: a 3xx, a 2xx not its JSON (exit 5)
+        ├── BaseUrlError            the base URL is not the API (a 3xx, a 2xx not its JSON) or
+        │                           cannot be reached: no such host, refused (exit 5)
         └── RetriesExhaustedError   retries ran out or an unexpected refusal (exit 5, resumable)
 
 A bad *line* is not an error: it goes to the rejects file and the run goes on.
@@ -73,7 +74,7 @@ class DatasetNotFoundError(DeliveryError):
 
 
 class BaseUrlError(DeliveryError):
-    """Raised when the base URL answers as the API never does: a redirect, a 2xx not its JSON."""
+    """Raised when the base URL answers as the API never does, or its host cannot be reached."""
 
     exit_code = 5
 

@@ -266,6 +266,7 @@ class _Run:
             describe=lambda action, reply: refusal_message(action, reply, self.config),
             limiter=limiter,
             stopping=stopping,
+            base_url=self.config.base_url,
         )
 
     def _input_changed(self) -> str | None:

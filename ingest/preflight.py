@@ -3,20 +3,33 @@
 Takes the retrying caller and the client; gives back nothing, or raises: a
 refused key (401/403), an unknown dataset or version (404), or a base URL that
 does not lead to the API (a redirect, a 2xx that is not the dataset's JSON)
-fails the run here, after one request, before a row is sent.
+fails the run here, after one request, before a row is sent. A base URL whose
+host cannot be reached (its name does not resolve, nothing listens) fails here
+too, after a few tries (``RetryPolicy.unreachable``), not the whole retry budget.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
+from ingest.caller import Unreachable
 from ingest.client import DatasetsClient, Reply
-from ingest.config import API_KEY_ENV, RunConfig
+from ingest.config import API_KEY_ENV, DEFAULT_BASE_URL, RunConfig
 from ingest.errors import BaseUrlError, DatasetNotFoundError, DeliveryError
 from ingest.retry import Action, classify
 
-# The sender's retrying call: (request, what) -> the reply that ends the retries.
-Call = Callable[[Callable[[], Awaitable[Reply]], str], Awaitable[Reply]]
+
+class Call(Protocol):
+    """The run's retrying call (``RetryingCaller.call``): the reply that ends the retries."""
+
+    def __call__(
+        self,
+        request: Callable[[], Awaitable[Reply]],
+        what: str,
+        *,
+        bound_unreachable: bool = ...,
+    ) -> Awaitable[Reply]: ...
 
 
 def refusal_message(action: Action, reply: Reply, config: RunConfig) -> str:
@@ -49,7 +62,17 @@ async def preflight(call: Call, client: DatasetsClient, config: RunConfig) -> st
     Returns the id of the version the run writes to (the one asked for, else the
     newest the dataset lists), which deleting extra copies has to name.
     """
-    reply = await call(client.get_dataset, "the preflight GET of the dataset")
+    try:
+        reply = await call(
+            client.get_dataset, "the preflight GET of the dataset", bound_unreachable=True
+        )
+    except Unreachable as exc:
+        raise BaseUrlError(
+            f"{config.base_url} cannot be reached: {exc.cause}, on {exc.attempts} attempts in "
+            f"{exc.elapsed:.0f}s; check --base-url (its host name and port; the API is "
+            f"{DEFAULT_BASE_URL} or a regional host) and that this machine can reach it "
+            "(network, firewall, HTTPS_PROXY), then re-run the same command"
+        ) from None
     if classify(reply.status) is not Action.DELIVERED:  # a 400/422: nothing can fix it
         raise DeliveryError(f"the API refused the preflight GET of the dataset ({reply.problem()})")
     doc = reply.json()

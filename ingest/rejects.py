@@ -15,6 +15,9 @@ import os
 from ingest.errors import RejectsFileError
 
 _TAIL = 16 << 20  # read back on resume: more than one group commit ever writes
+# Every file ingest creates holds rows or what the server said of them: the owner's
+# only (the umask can take more away, never add). A file that exists keeps its mode.
+FILE_MODE = 0o600
 
 
 class RejectsFile:
@@ -54,7 +57,7 @@ class RejectsFile:
     def append(self, data: bytes) -> None:
         """Write ``data`` at the end and fsync it (blocking: the writer thread calls it)."""
         if self._fd is None:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
         else:
             self._still_named()
         view = memoryview(data)

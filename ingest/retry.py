@@ -17,6 +17,7 @@ hit the server in the same instant.
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import enum
 import math
@@ -32,6 +33,11 @@ import anyio
 _MAX_RETRY_AFTER = 3600.0
 # Seconds: the least a throttled retry waits, whatever ``backoff_base`` is set to.
 MIN_THROTTLED_WAIT = 0.1
+# The preflight's bounds for a host that cannot be reached at all (its name does not
+# resolve, or nothing listens): a mistyped --base-url fails in seconds, not after the
+# whole budget. The appends keep the full budget, so an API gone mid-run is ridden out.
+UNREACHABLE_ATTEMPTS = 4
+UNREACHABLE_SECONDS = 20.0
 
 
 class Action(enum.Enum):
@@ -135,6 +141,14 @@ class RetryPolicy:
     def jitter(self) -> float:
         """A worker's own delay after a shared pause lifts, so workers do not stampede."""
         return self.throttle_floor * self.rng()
+
+    def unreachable(self) -> RetryPolicy:
+        """The bounds for connections that fail in a row, where they are bounded apart."""
+        return dataclasses.replace(
+            self,
+            max_attempts=min(self.max_attempts, UNREACHABLE_ATTEMPTS),
+            max_seconds=min(self.max_seconds, UNREACHABLE_SECONDS),
+        )
 
     def gives_up(self, *, attempts: int, elapsed: float, wait: float) -> bool:
         """Whether another try, after ``wait`` more seconds, would break the bounds."""

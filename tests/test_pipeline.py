@@ -536,8 +536,10 @@ async def test_https_proxy_from_the_environment_is_used(
     # The fake answers absolute-form proxy requests as if it were the API behind the proxy.
     monkeypatch.setenv("HTTP_PROXY", fake.url)
     monkeypatch.setenv("NO_PROXY", "")
+    url = "http://api.arize.invalid"  # plain http beyond loopback: allowed only by asking
     summary = await ingest.upload(
-        api_key=fake.api_key, **settings(fake, tmp_path, base_url="http://api.arize.invalid")
+        api_key=fake.api_key,
+        **settings(fake, tmp_path, base_url=url, allow_insecure_http=True),
     )
     assert summary.exit_code == 0
     assert fake.state.example_count(fake.dataset_id) == 300

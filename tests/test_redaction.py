@@ -7,11 +7,13 @@ subprocess, and everything it writes is searched for the key.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import os
 import re
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 from urllib.parse import quote
 
@@ -22,8 +24,10 @@ from aiohttp import web
 from scripted import serving
 from test_cli import ingest_cmd
 
+import ingest
 from ingest.checkpoint import CheckpointJournal
 from ingest.client import QUOTE_LIMIT
+from ingest.fake import FakeArize, serve
 from ingest.identity import fingerprint
 from ingest.redact import redact
 
@@ -302,3 +306,71 @@ async def test_a_megabyte_refusal_is_quoted_short_everywhere(tmp_path: Path) -> 
     reasons = [orjson.loads(line)["reason"] for line in rejects.splitlines()]
     assert len(reasons) == 3
     assert all(r.endswith("y[redac...") and len(r) < QUOTE_LIMIT + 50 for r in reasons)
+
+
+# --- One recognisable key through every kind of run --------------------------
+
+SECRET = "SECRET-KEY-a1b2c3d4e5f6"
+WRONG = "WRONG-KEY-f6e5d4c3b2a1"
+
+
+def secret_forms(key: str) -> set[str]:
+    """The key as it could be written down: as is, escaped, encoded, in a header, by halves."""
+    forms = set(key_forms(key).values()) | {key.lower(), key.upper(), key.encode().hex()}
+    for text in (key, f"Bearer {key}", f":{key}"):  # base64 of a header, or of basic auth
+        forms.add(base64.b64encode(text.encode()).decode().rstrip("="))
+        forms.add(base64.urlsafe_b64encode(text.encode()).decode().rstrip("="))
+    half = len(key) // 2
+    return forms | {key[:half], key[half:]}
+
+
+def written_text(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` (checkpoints, rejects, backups, inputs), by name."""
+    return {
+        str(path.relative_to(folder)): path.read_bytes().decode("utf-8", "replace")
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+async def test_a_recognisable_key_is_in_no_stream_and_no_file_right_or_wrong(
+    tmp_path: Path,
+) -> None:
+    """Runs that deliver, are refused, reject rows and meet 5xx leave neither key anywhere."""
+    state = FakeArize(api_key=SECRET)
+    dataset = state.create_dataset(DATASET)
+    (tmp_path / "fast.toml").write_text("backoff_base = 0.01\nbackoff_max = 0.05\n")
+    rows = tmp_path / "rows.jsonl"
+    good = b"".join(b'{"i": %d}\n' % i for i in range(20))
+    state.faults.refuse_field = "poison"
+    streams: list[str] = []
+
+    async def run(*args: str, key: str = SECRET) -> int:
+        done = await run_ingest(tmp_path, url, str(tmp_path / "fast.toml"), *args, key=key)
+        streams.extend([done.stdout.decode(), done.stderr.decode()])
+        return done.returncode
+
+    async with serve(state) as url:
+        rows.write_bytes(good + b'{"poison": 1}\n')
+        assert await run("-v", "--json", "--batch-rows", "5") == 6  # right key, one reject
+        wrong = ("-vv", "--json", "--checkpoint", str(tmp_path / "wrong.ckpt"))
+        assert await run(*wrong, key=WRONG) == 3
+        with pytest.raises(ingest.AuthError) as refused:  # the library's exception
+            await ingest.upload(api_key=WRONG, input=str(rows), dataset_id=dataset, base_url=url)
+        # Another input (--restart: both files to .bak), with 503s and a reject on the way.
+        state.faults.fail_rate, state.faults.seed = 0.3, 7
+        rows.write_bytes(good + b'{"poison": 2}\n{"i": 21}\n')
+        assert await run("-v", "--restart", "--batch-rows", "2", "--max-attempts", "50") == 6
+        # And one whose retries run out on 503s after commit: unknown outcomes, exit 5.
+        state.faults.fail_rate, state.faults.fail_after_commit_rate = 0.0, 1.0
+        rows.write_bytes(good * 2)
+        assert await run("-v", "--json", "--restart", "--max-attempts", "2") == 5
+    files = written_text(tmp_path)
+    backups = {"run.ckpt.bak", "run.ckpt.1.bak", "run.rejects.jsonl.bak", "run.rejects.jsonl.1.bak"}
+    assert set(files) == {"fast.toml", "rows.jsonl", "run.ckpt", *backups}
+    assert "HTTP 503" in files["run.ckpt"] and "poison" in files["run.rejects.jsonl.1.bak"]
+    exception = "".join(traceback.format_exception(refused.value))
+    texts = {**files, **{f"stream {i}": s for i, s in enumerate(streams)}, "raised": exception}
+    for key in (SECRET, WRONG):
+        for form in secret_forms(key):
+            assert not [name for name, text in texts.items() if form in text], form
