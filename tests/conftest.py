@@ -10,9 +10,9 @@ from hypothesis import settings
 # Property tests: bounded and unhurried everywhere (a shared 2-core box has no
 # steady clock); in CI also the same examples on every run, so a red build
 # reproduces and is not a flake that the next push hides.
-settings.register_profile("dev", max_examples=60, deadline=None)
+settings.register_profile("dev", max_examples=100, deadline=None)
 settings.register_profile(
-    "ci", max_examples=40, deadline=None, derandomize=True, database=None, print_blob=True
+    "ci", max_examples=100, deadline=None, derandomize=True, database=None, print_blob=True
 )
 settings.load_profile("ci" if os.environ.get("CI") == "true" else "dev")
 

@@ -17,7 +17,7 @@ import random
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -186,7 +186,7 @@ def plan_steps(inp: Input, plan: RunPlan, state: JournalState) -> list[Step]:
     # Each job is a batch's records, or a line the reader rejected; jobs start in
     # input order and up to ``workers`` of them are under way at once.
     jobs: list[list[Step]] = []
-    seq, rows = state.next_seq, []
+    seq, rows, last_row = state.next_seq, [], max(inp.rows)
     for line in range(1, inp.lines + 1):
         if tokens.killed:
             break
@@ -196,7 +196,7 @@ def plan_steps(inp: Input, plan: RunPlan, state: JournalState) -> list[Step]:
             jobs.append([rejected(line, inp, "not JSON")])
             continue
         rows.append(line)
-        if len(rows) == plan.batch_rows or line == max(inp.rows):
+        if len(rows) == plan.batch_rows or line == last_row:
             if (token := tokens.next()) is None:
                 break
             jobs.append(deliver(Piece(seq, "", rows[0], tuple(rows)), inp, token, tokens))
@@ -248,19 +248,19 @@ async def write_steps(journal: CheckpointJournal, steps: list[Step]) -> None:
 # --- The journal and what its records say ----------------------------------
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Journal:
     """A journal written by runs, with the steps behind each of its lines after the header."""
 
     folder: str
     inp: Input
     fp: dict[str, Any]
-    data: bytes = b""
-    steps: list[Step] = field(default_factory=list)
+    data: bytes
+    steps: list[Step]
 
     @property
     def path(self) -> str:
-        return os.path.join(self.folder, "in.jsonl.ckpt")
+        return checkpoint_path(self.folder)
 
     @property
     def header_end(self) -> int:
@@ -328,17 +328,21 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     return Scenario(lines, bad, tuple(runs))
 
 
+def checkpoint_path(folder: str) -> str:
+    return os.path.join(folder, "in.jsonl.ckpt")
+
+
 def build(folder: str, scenario: Scenario) -> Journal:
     """Write the scenario's input, then its runs' journal through the real writer."""
     inp = write_input(folder, scenario.lines, scenario.bad)
-    journal = Journal(folder, inp, fingerprint(inp.path, DATASET, None))
+    fp, path, steps = fingerprint(inp.path, DATASET, None), checkpoint_path(folder), []
     for plan in scenario.runs:
-        journal.steps += run_once(inp, journal.fp, journal.path, plan)
-    with open(journal.path, "rb") as f:
-        journal.data = f.read()
-    written = [orjson.loads(line)["t"] for line in journal.data.splitlines()[1:]]
-    assert written == [s.record["t"] for s in journal.steps], "the writer kept the order"
-    return journal
+        steps += run_once(inp, fp, path, plan)
+    with open(path, "rb") as f:
+        data = f.read()
+    written = [orjson.loads(line)["t"] for line in data.splitlines()[1:]]
+    assert written == [s.record["t"] for s in steps], "the writer kept the order"
+    return Journal(folder, inp, fp, data, steps)
 
 
 @contextmanager
@@ -500,6 +504,15 @@ def check_garbage(journal: Journal, tail: bytes) -> None:
             if not _parses(journal.data + b"".join(g + b"\n" for g in whole[: i + 1]))
         )
         assert f"{journal.path}:{before + bad + 1}: " in str(exc)
+        # --restart is the way out the message gives: the damaged file kept, nothing covered.
+        with open(journal.path, "wb") as f:
+            f.write(damaged)
+        opened, state = CheckpointJournal.open(
+            journal.path, journal.fp, rejects_path=journal.path + ".rej", restart=True
+        )
+        opened.release()
+        assert len(state.covered) == 0 and state.in_flight == []
+        assert _read(journal.path + ".bak") == damaged
         return
     assert good == damaged.rfind(b"\n") + 1
     expected = covered_lines(journal.steps)
