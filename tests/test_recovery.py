@@ -385,36 +385,48 @@ def test_opening_a_cut_journal_keeps_its_whole_lines_and_a_new_run_appends_clean
 
 
 def check_reopen(journal: Journal, data: st.DataObject) -> None:
-    k = data.draw(st.integers(0, len(journal.data)), label="cut")
+    # A journal made by version 1 of the format gains an *identity* record on open.
+    v1 = data.draw(st.booleans(), label="version-1 header")
+    whole = as_version_1(journal.data) if v1 else journal.data
+    header_end = whole.index(b"\n") + 1
+    k = data.draw(st.integers(0, len(whole)), label="cut")
     with open(journal.path, "wb") as f:
-        f.write(journal.data[:k])
-    steps: list[Step] = [] if k < journal.header_end else whole_steps(journal, k)
+        f.write(whole[:k])
+    steps = [] if k < header_end else journal.steps[: whole[:k].count(b"\n") - 1]
     opened, state = CheckpointJournal.open(
         journal.path, journal.fp, rejects_path=journal.path + ".rej"
     )
     opened.release()
-    with open(journal.path, "rb") as f:
-        after = f.read()
-    if k >= journal.header_end:
-        assert after == journal.data[: journal.data[:k].rfind(b"\n") + 1]
+    assert state.fingerprint == journal.fp
+    identity = orjson.dumps({"t": "identity", "input": journal.fp["input"]}) + b"\n"
+    if k >= header_end:
+        assert _read(journal.path) == whole[: whole[:k].rfind(b"\n") + 1] + identity * v1
     else:  # not even a header: a fresh journal, the cut one kept aside
-        assert after == journal.data[: journal.header_end]
+        assert _read(journal.path) == journal.data[: journal.header_end]
         assert os.path.exists(journal.path + ".bak") == (k > 0)
     assert_recovers(state, steps, journal.inp)
     steps += run_once(journal.inp, journal.fp, journal.path, data.draw(run_plans, label="next"))
     with open(journal.path, "rb") as f:
         state, good = parse_journal(f.read(), journal.path)
     assert good == os.path.getsize(journal.path)
+    assert state.fingerprint == journal.fp
     assert_recovers(state, steps, journal.inp)
 
 
+def as_version_1(data: bytes) -> bytes:
+    """The journal with the header version 1 wrote: the input's size and edges only."""
+    first, rest = data.split(b"\n", 1)
+    header = orjson.loads(first)
+    known = {k: header["fingerprint"]["input"][k] for k in ("size", "head_sha256", "tail_sha256")}
+    header = {**header, "v": 1, "fingerprint": {**header["fingerprint"], "input": known}}
+    return orjson.dumps(header) + b"\n" + rest
+
+
 def _json_values() -> st.SearchStrategy[Any]:
+    """JSON values two levels deep (orjson's integers are 64-bit)."""
     scalars = st.none() | st.booleans() | st.integers(-(1 << 63), (1 << 63) - 1) | st.text()
-    return st.recursive(
-        scalars,
-        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
-        max_leaves=6,
-    )
+    nested = st.lists(scalars, max_size=3) | st.dictionaries(st.text(), scalars, max_size=3)
+    return scalars | nested | st.lists(nested, max_size=2)
 
 
 # One record of each kind the writer writes, for garbage to damage.
