@@ -37,7 +37,9 @@ from journals import (
 )
 
 from ingest.checkpoint import CheckpointJournal, JournalState, fingerprint, parse_journal
+from ingest.config import RunConfig
 from ingest.errors import CheckpointError
+from ingest.resume import open_checkpoint
 
 
 def assert_recovers(state: JournalState, steps: list[Step], inp: Input) -> None:
@@ -254,3 +256,30 @@ def _read(path: str) -> bytes | None:
             return f.read()
     except FileNotFoundError:
         return None
+
+
+@given(scenario=scenarios(), same_content=st.booleans())
+def test_a_renamed_input_resumes_its_own_journal_and_never_another_inputs(
+    scenario: Scenario, same_content: bool
+) -> None:
+    """Under a new name an input resumes its journal whole; another input there finds none."""
+    with built(scenario) as journal:
+        before = RunConfig(input=journal.inp.path, dataset_id=DATASET)
+        os.rename(journal.path, before.checkpoint_path)  # where a run keeps it by default
+        renamed = os.path.join(journal.folder, "renamed.jsonl")
+        if same_content:
+            os.rename(journal.inp.path, renamed)  # `mv` keeps the content and its mtime
+        else:
+            with open(journal.inp.path, "rb") as f:
+                content = f.read()
+            with open(renamed, "wb") as f:
+                f.write(content.replace(b"{", b"[", 1))
+        config, opened, state = open_checkpoint(RunConfig(input=renamed, dataset_id=DATASET))
+        opened.release()
+        if same_content:
+            assert_recovers(state, journal.steps, journal.inp)
+            assert _read(config.checkpoint_path) == journal.data
+            assert config.checkpoint_path.startswith(renamed + ".ingest-")
+        else:
+            assert len(state.covered) == 0 and state.in_flight == []
+            assert _read(before.checkpoint_path) == journal.data
