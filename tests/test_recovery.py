@@ -75,7 +75,8 @@ def test_a_journal_cut_at_any_byte_resends_nothing_delivered_and_skips_nothing_u
 
 def check_cuts(journal: Journal, data: st.DataObject) -> None:
     ends = [i + 1 for i, b in enumerate(journal.data) if b == ord("\n")]
-    # Every line's end, a byte either side of it, and some cuts anywhere else.
+    # Cuts within a line are all alike (a torn write), so: every line's end, a byte
+    # either side of it, and a few cuts anywhere.
     cuts = {k for e in ends for k in (e - 1, e, e + 1)}
     cuts |= set(data.draw(st.lists(st.integers(journal.header_end, len(journal.data)))))
     for k in sorted(c for c in cuts if journal.header_end <= c <= len(journal.data)):
