@@ -250,7 +250,9 @@ def parse_journal(data: bytes, path: str) -> tuple[JournalState, int]:
     state = JournalState()
     sending: dict[tuple[int, str], dict[str, Any]] = {}
     good = data.rfind(b"\n") + 1  # past it lies a torn write: never acknowledged, dropped
-    for number, line in enumerate(data[:good].splitlines(), start=1):
+    # Only "\n" ends a line (as the writer ends them): "\r" is damage within one, and
+    # counting it as a break too would name the wrong line in the message.
+    for number, line in enumerate(data[:good].split(b"\n")[:-1], start=1):
         try:
             rec = orjson.loads(line)
             if number == 1:
