@@ -39,6 +39,7 @@ from journals import (
 from ingest.checkpoint import CheckpointJournal, JournalState, fingerprint, parse_journal
 from ingest.config import RunConfig
 from ingest.errors import CheckpointError
+from ingest.replay import JOURNAL_VERSION
 from ingest.resume import open_checkpoint
 
 
@@ -246,7 +247,10 @@ def check_other_run(journal: Journal, other: str, restart: bool) -> None:
     opened.release()
     assert _read(journal.path + ".bak") == journal.data
     assert len(state.covered) == 0 and state.in_flight == [] and state.fingerprint == fp
-    assert _read(journal.path) == orjson.dumps({"t": "header", "v": 2, "fingerprint": fp}) + b"\n"
+    assert (
+        _read(journal.path)
+        == orjson.dumps({"t": "header", "v": JOURNAL_VERSION, "fingerprint": fp}) + b"\n"
+    )
     if rejected_before is not None:  # another run's rejects stay, but not as this run's
         assert _read(rejects) is None and _read(rejects + ".bak") == rejected_before
 

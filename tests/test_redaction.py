@@ -361,8 +361,8 @@ async def test_a_recognisable_key_is_in_no_stream_and_no_file_right_or_wrong(
         state.faults.fail_rate, state.faults.seed = 0.3, 7
         rows.write_bytes(good + b'{"poison": 2}\n{"i": 21}\n')
         assert await run("-v", "--restart", "--batch-rows", "2", "--max-attempts", "50") == 6
-        # And one whose retries run out on 503s after commit: unknown outcomes, exit 5.
-        state.faults.fail_rate, state.faults.fail_after_commit_rate = 0.0, 1.0
+        # And one whose retries run out on 503s: unknown outcomes, looked up, exit 5.
+        state.faults.fail_rate, state.faults.fail_after_commit_rate = 1.0, 0.0
         rows.write_bytes(good * 2)
         assert await run("-v", "--json", "--restart", "--max-attempts", "2") == 5
     files = written_text(tmp_path)
