@@ -57,6 +57,7 @@ log = logging.getLogger("ingest")
 
 EXIT_OK = 0
 EXIT_REJECTS = 6
+EXIT_UNBALANCED = 7
 EXIT_INTERRUPTED = 130
 _REJECTS_SHOWN = 5  # bad lines named on stderr; all of them go to the rejects file
 
@@ -138,6 +139,7 @@ class _Run:
         self.exhausted = False
         self.complete = False
         self.version: str | None = None  # the dataset version written to (the preflight's)
+        self.unbalanced: str | None = None  # why the counts of a complete run do not add up
 
     @property
     def untouched(self) -> bool:
@@ -231,6 +233,9 @@ class _Run:
                 else "re-run the same command to resume"
             )
             return self.summary("interrupted", EXIT_INTERRUPTED, hint)
+        if self.unbalanced is not None:
+            log.error("%s", self.unbalanced)
+            return self.summary("unbalanced", EXIT_UNBALANCED, self.unbalanced)
         rejected = self.state.rejected_rows + self.stats.rows_rejected
         if rejected:
             return self.summary(
@@ -352,6 +357,9 @@ class _Run:
             and (settler is None or settler.settled)
         )
         if self.complete:
+            before = await anyio.to_thread.run_sync(source.rows_before_start)
+            self.unbalanced = self._unbalanced(before + source.skipped_rows)
+        if self.complete and self.unbalanced is None:
             await self.journal.write(
                 {
                     "t": "finished",
@@ -362,6 +370,29 @@ class _Run:
                     "rejected": self.state.rejected_rows + self.stats.rows_rejected,
                 }
             )
+
+    def _unbalanced(self, skipped_rows: int) -> str | None:
+        """Why the counts of a run that read its whole input do not add up, if they do not.
+
+        Every row read is delivered, rejected or pending; and the rows of the input are
+        those read now and those earlier runs dealt with, each counted once by the journal.
+        """
+        s = self.stats
+        if s.rows_pending:
+            return (
+                f"{s.rows_pending} rows read were neither delivered nor rejected; re-run the "
+                "same command to send them"
+            )
+        rows = s.rows_read + skipped_rows
+        counted = self.state.delivered_rows + self.state.rejected_rows
+        counted += s.rows_delivered + s.rows_rejected
+        if counted != rows:
+            return (
+                f"the input holds {rows:,} rows but the checkpoint accounts for {counted:,} "
+                f"(delivered or rejected, in all runs); run `ingest verify` on the same "
+                "arguments to compare the dataset with the input"
+            )
+        return None
 
     async def _settle(self, settler: Settler) -> None:
         """The phase after the input is sent: what waited for a read of the dataset,

@@ -54,7 +54,8 @@ class RunStats:
 class Summary:
     """How a run ended. ``exit_code`` is the CLI's; the README lists them all."""
 
-    status: str  # complete | complete-with-rejects | already-complete | interrupted | failed
+    # complete | complete-with-rejects | already-complete | interrupted | unbalanced | failed
+    status: str
     exit_code: int
     rows_read: int
     rows_delivered: int

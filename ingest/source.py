@@ -218,6 +218,9 @@ class JsonlSource:
         self._skip = skip
         self._changed = changed
         self.skipped = 0
+        self.skipped_rows = 0
+        self._prefix_rows: int | None = 0 if start_offset == 0 else None
+        self._start_offset = start_offset
         self._error: SourceError | None = None
         self._unready: tuple[int, int] | None = (start_line, start_offset)
 
@@ -240,12 +243,13 @@ class JsonlSource:
         if start_offset == 0:
             return
         if self._file.seekable() and self._gzip is None:
+            self._prefix_rows = None  # counted only if asked for: a seek reads nothing
             if self.key_field is not None:
                 self._file.seek(0)
                 self._keyed(self._file.readline(self.max_row_bytes + _SLACK))
             self._file.seek(start_offset)
             return
-        self._line, self._offset = 0, 0
+        self._line, self._offset, self._prefix_rows = 0, 0, 0
         while self._line < start_line - 1:
             line = self._file.readline()
             if not line:
@@ -257,6 +261,7 @@ class JsonlSource:
                 self._keyed(line)
             self._line += 1
             self._offset += len(line)
+            self._prefix_rows += bool(line.strip(_WHITESPACE))
 
     def _keyed(self, first_line: bytes) -> None:
         assert self.key_field is not None
@@ -308,6 +313,8 @@ class JsonlSource:
                     limit = self.max_row_bytes - ENVELOPE_BYTES - overhead
                 if skip is not None and skip(number):
                     self.skipped += 1
+                    # Rows done by earlier runs, for the check that every row is accounted for.
+                    self.skipped_rows += bool(line.strip(_WHITESPACE))
                     continue
                 if size > len(line):
                     kept = f" (the rejects file keeps its first {_SLACK} bytes)"
@@ -360,6 +367,24 @@ class JsonlSource:
         finally:
             self._line, self._offset = number, offset
         return chunk
+
+    def rows_before_start(self) -> int:
+        """Rows (non-blank lines) before where this read began: the checkpoint's done prefix.
+
+        Read again only when the reader seeked past them; call it from a thread.
+        """
+        if self._prefix_rows is None:
+            count, filled = 0, False  # filled: the line being read holds a non-blank byte
+            with open(self.path, "rb") as f:
+                left = self._start_offset
+                # In bounded pieces: a line of many MiB is never held whole.
+                while left > 0 and (piece := f.readline(min(left, 1 << 20))):
+                    left -= len(piece)
+                    filled = filled or bool(piece.strip(_WHITESPACE))
+                    if piece.endswith(b"\n"):
+                        count, filled = count + filled, False
+            self._prefix_rows = count + filled
+        return self._prefix_rows
 
     def _size_now(self, read: int) -> int:
         """The input's size now (the reader's buffer may hold bytes cut since), else ``read``."""
