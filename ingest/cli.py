@@ -105,6 +105,11 @@ def _parser(*, json_wanted: bool = False) -> argparse.ArgumentParser:
         help="the field each row's key is added as (default ingest_key)",
     )
     run.add_argument(
+        "--key-from",
+        metavar="FIELD",
+        help="use this field of the rows (unique, a string or integer) as their key",
+    )
+    run.add_argument(
         "--no-key",
         action="store_true",
         default=None,
@@ -187,6 +192,7 @@ def _run(args: argparse.Namespace) -> int:
             "restart",
             "key_field_name",
             "no_key",
+            "key_from",
             "settle_lag",
             "allow_insecure_http",
         )

@@ -68,6 +68,7 @@ class RunConfig:
     # Row keys (``ingest.keys``) make delivery exactly-once; without them, at-least-once.
     key_field_name: str = DEFAULT_KEY_FIELD
     no_key: bool = False
+    key_from: str | None = None  # a field the rows hold, unique, as their natural key
     # Seconds a commit may take to show in a search: a look-up that misses a row this
     # soon after its request looks again before the row is sent again.
     settle_lag: float = 2.0
@@ -131,8 +132,13 @@ class RunConfig:
 
     @property
     def key_field(self) -> str | None:
-        """The field each row's key goes in; None when keys are off (``no_key``)."""
-        return None if self.no_key else self.key_field_name
+        """The field ingest adds each row's key as; None with no keys or natural ones."""
+        return None if self.no_key or self.key_from else self.key_field_name
+
+    @property
+    def lookup_field(self) -> str | None:
+        """The field rows are looked up by: the natural key, or the added one."""
+        return None if self.no_key else self.key_from or self.key_field_name
 
     def replace(self, **changes: Any) -> RunConfig:
         """A copy with some settings changed (and validated again)."""
@@ -169,6 +175,8 @@ def _problems(c: RunConfig) -> list[str]:
         out.append(f"key_field_name must be a printable field name, not {c.key_field_name!r}")
     elif c.key_field_name in RESERVED_FIELDS or c.key_field_name.startswith(RESERVED_PREFIX):
         out.append(f"key_field_name {c.key_field_name!r} is a field the API reserves; pick another")
+    if c.key_from is not None and (c.no_key or not c.key_from):
+        out.append("key_from names a field of the rows; it cannot go with no_key")
     if not 0 <= c.settle_lag <= _MAX_SECONDS:
         out.append(f"settle_lag must be 0..{_MAX_SECONDS:.0f} seconds, not {c.settle_lag}")
     if not 0 <= c.shutdown_grace <= _MAX_SECONDS:

@@ -30,6 +30,7 @@ import orjson
 from ingest.client import DatasetsClient, Reply
 from ingest.errors import DatasetNotFoundError, DeliveryError
 from ingest.retry import Action, classify
+from ingest.source import natural_key
 
 log = logging.getLogger("ingest")
 
@@ -65,13 +66,21 @@ class Lookup:
     """
 
     def __init__(
-        self, *, call: Call, client: DatasetsClient, key_field: str, version: str | None
+        self,
+        *,
+        call: Call,
+        client: DatasetsClient,
+        key_field: str,
+        version: str | None,
+        natural: bool = False,
     ) -> None:
         self._call = call
         self._client = client
         self.key_field = key_field
         self.version = version
-        self.mode = "range"
+        # Natural keys (--key-from) are values' JSON texts, in no order: no range.
+        self.natural = natural
+        self.mode = "list" if natural else "range"
         self._range_checked = False
         self._known: tuple[list[str], str, str] | None = None  # stored keys, to check ranges
         self.searches = 0  # requests made, for the summary
@@ -131,7 +140,13 @@ class Lookup:
 
     def _any_of(self, keys: list[str]) -> str:
         field = quote_field(self.key_field)
-        return " OR ".join(f"{field} = {quote_text(k)}" for k in keys)
+        return " OR ".join(f"{field} = {self._literal(k)}" for k in keys)
+
+    def _literal(self, key: str) -> str:
+        if not self.natural:
+            return quote_text(key)
+        # A natural key is its value's JSON text: a string literal, or the number as is.
+        return quote_text(orjson.loads(key)) if key.startswith('"') else key
 
     async def scan(self, wanted: Callable[[str], bool]) -> Found:
         """Read the whole dataset once; the examples whose key ``wanted`` accepts."""
@@ -171,7 +186,8 @@ class Lookup:
             examples, cursor = _page(reply)
             self.examples_read += len(examples)
             for example in examples:
-                key = example.get(self.key_field)
+                value = example.get(self.key_field)
+                key = natural_key(value) if self.natural else value
                 if isinstance(key, str) and wanted(key):
                     found.setdefault(key, []).append(str(example.get("id")))
             if cursor is None:

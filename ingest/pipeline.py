@@ -175,7 +175,7 @@ class _Run:
             spans = ", ".join(f"{r['lines'][0]}-{r['lines'][1]}" for r in self.state.in_flight)
             then = (
                 "their rows are looked up in the dataset, and only the missing ones are sent"
-                if self.config.key_field
+                if self.config.lookup_field
                 else "they are sent again and may be duplicated (--no-key)"
             )
             log.warning(
@@ -283,6 +283,8 @@ class _Run:
     async def _stages(self, client: DatasetsClient) -> None:
         c = self.config
         start_line, start_offset = self.state.covered.prefix()
+        if c.key_from is not None:
+            start_line = start_offset = 0  # the done lines are read for their keys too
         source = await anyio.to_thread.run_sync(
             lambda: JsonlSource(
                 c.input,
@@ -293,14 +295,19 @@ class _Run:
                 expected_size=_fingerprinted_size(self.state.fingerprint),
                 changed=self._input_changed,
                 key_field=c.key_field,
+                key_from=c.key_from,
             )
         )
         limiter = AsyncLimiter(1, 1 / c.rate) if c.rate else None
         caller = self._caller(limiter, self.shutdown.event)
         settler = None
-        if c.key_field is not None:
+        if c.lookup_field is not None:
             lookup = Lookup(
-                call=caller.call, client=client, key_field=c.key_field, version=self.version
+                call=caller.call,
+                client=client,
+                key_field=c.lookup_field,
+                version=self.version,
+                natural=c.key_from is not None,
             )
             settler = Settler(
                 lookup=lookup,

@@ -98,7 +98,7 @@ class Settler:
 
     def stored(self, batch: Batch) -> None:
         """Note a batch the server confirmed stored: a check for range searches."""
-        if batch.keys:
+        if batch.keys and not self.lookup.natural:
             self.lookup.note_stored(batch.keys, *self._bounds(batch))
 
     def resent(self, batch: Batch) -> None:
@@ -129,6 +129,8 @@ class Settler:
         return found
 
     def _bounds(self, batch: Batch) -> tuple[str, str]:
+        if self.lookup.natural:
+            return "", ""  # natural keys are looked up by equality, never as a range
         keys = self.keys()
         assert keys is not None  # a batch of keyed rows exists only once the keys do
         return keys.bounds(batch.first_line, batch.last_line)

@@ -78,6 +78,13 @@ class Chunk:
         return len(self.rows) + len(self.rejects)
 
 
+def natural_key(value: object) -> str | None:
+    """A ``--key-from`` value as a key: its JSON text (a string and a number never collide)."""
+    if (type(value) is str and value) or type(value) is int:
+        return orjson.dumps(value).decode()
+    return None
+
+
 def _parse_error(exc: orjson.JSONDecodeError) -> str:
     if "UTF-8" in str(exc):
         return "not valid UTF-8"
@@ -204,12 +211,17 @@ class JsonlSource:
         expected_size: int | None = None,
         changed: Callable[[], str | None] | None = None,
         key_field: str | None = None,
+        key_from: str | None = None,
     ) -> None:
         self.path = path
         self.max_row_bytes = max_row_bytes
         # Rows get a key (``ingest.keys``) once the input's first line is known.
         self.key_field = key_field
         self.keys: RowKeys | None = None
+        # A field of the rows as their natural key (--key-from): each value once, so the
+        # values seen (a resumed run reads the done lines for theirs) are kept: ~100 B a row.
+        self.key_from = key_from
+        self._seen: dict[str, int] = {}
         self._file, self._gzip = open_input(path, expected_size=expected_size)
         # The gzip stream checks its compressed size itself; offsets here count its output.
         self._size = None if self._gzip is not None else expected_size
@@ -315,6 +327,8 @@ class JsonlSource:
                     self.skipped += 1
                     # Rows done by earlier runs, for the check that every row is accounted for.
                     self.skipped_rows += bool(line.strip(_WHITESPACE))
+                    if self.key_from is not None:
+                        self._note_done_key(line, number)
                     continue
                 if size > len(line):
                     kept = f" (the rejects file keeps its first {_SLACK} bytes)"
@@ -346,6 +360,8 @@ class JsonlSource:
                         if common
                         else _check_value(value, raw, self.max_row_bytes, key_field, overhead)
                     )
+                if reason is None and self.key_from is not None:
+                    reason = self._natural_key(value, number, keys)
                 if reason is None:
                     if key_field is not None:
                         key = f"{tag}-{number:012d}-{crc32(raw):08x}"
@@ -367,6 +383,33 @@ class JsonlSource:
         finally:
             self._line, self._offset = number, offset
         return chunk
+
+    def _natural_key(self, value: Any, number: int, keys: list[str]) -> str | None:
+        """Take the row's ``--key-from`` value as its key; why not, if it cannot be one."""
+        assert self.key_from is not None
+        key = natural_key(value.get(self.key_from))
+        if key is None:
+            found = value.get(self.key_from, "no such field")
+            return (
+                f"its --key-from field {self.key_from!r} must be a non-empty string or an "
+                f"integer, found {str(found)[:60]!r}"
+            )
+        first = self._seen.setdefault(key, number)
+        if first != number:
+            return (
+                f"repeats the --key-from value {key[:60]} of line {first}: a natural key must "
+                "be unique in the input"
+            )
+        keys.append(key)
+        return None
+
+    def _note_done_key(self, line: bytes, number: int) -> None:
+        try:
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(value, dict) and (key := natural_key(value.get(self.key_from))):
+            self._seen.setdefault(key, number)
 
     def rows_before_start(self) -> int:
         """Rows (non-blank lines) before where this read began: the checkpoint's done prefix.

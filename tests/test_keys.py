@@ -1,0 +1,152 @@
+"""Row keys: stable, spliced into the row's own bytes, selectable by range; natural keys."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+from test_pipeline import settings, write_rows
+
+import ingest
+from ingest.keys import RowKeys, input_tag
+from ingest.source import JsonlSource
+
+
+def keys_of(path: Path, **kw: Any) -> list[str]:
+    source = JsonlSource(str(path), max_row_bytes=1 << 20, key_field="ingest_key", **kw)
+    out: list[str] = []
+    while chunk := source.read_chunk():
+        out += chunk.keys
+    source.close()
+    return out
+
+
+def test_keys_survive_a_rename_compression_and_growth(tmp_path: Path) -> None:
+    """The same rows get the same keys moved, gzipped, or with more rows appended after them."""
+    write_rows(tmp_path / "a.jsonl", 50)
+    keys = keys_of(tmp_path / "a.jsonl")
+    assert len(set(keys)) == 50
+    shutil.copy(tmp_path / "a.jsonl", tmp_path / "moved.jsonl")
+    with gzip.open(tmp_path / "a.jsonl.gz", "wb") as f:
+        f.write((tmp_path / "a.jsonl").read_bytes())
+    grown = tmp_path / "grown.jsonl"
+    grown.write_bytes((tmp_path / "a.jsonl").read_bytes() + b'{"i": 50}\n')
+    assert keys_of(tmp_path / "moved.jsonl") == keys
+    assert keys_of(tmp_path / "a.jsonl.gz") == keys
+    assert keys_of(grown)[:50] == keys
+
+
+def test_another_input_with_the_same_first_line_keys_its_other_rows_apart(
+    tmp_path: Path,
+) -> None:
+    """Two inputs sharing a first line share only the keys of identical rows at one line."""
+    (tmp_path / "a.jsonl").write_bytes(b'{"h": 1}\n{"x": 1}\n{"y": 2}\n')
+    (tmp_path / "b.jsonl").write_bytes(b'{"h": 1}\n{"x": 9}\n{"y": 2}\n')
+    a, b = keys_of(tmp_path / "a.jsonl"), keys_of(tmp_path / "b.jsonl")
+    assert a[0] == b[0] and a[1] != b[1] and a[2] == b[2]
+
+
+def test_a_resumed_read_keys_rows_as_a_whole_read_does(tmp_path: Path) -> None:
+    """Seeking past a done prefix (plain or gzip) still takes the tag from line 1."""
+    lines = write_rows(tmp_path / "a.jsonl", 20)
+    with gzip.open(tmp_path / "a.jsonl.gz", "wb") as f:
+        f.write((tmp_path / "a.jsonl").read_bytes())
+    whole = keys_of(tmp_path / "a.jsonl")
+    offset = sum(len(line) + 1 for line in lines[:10])
+    assert keys_of(tmp_path / "a.jsonl", start_line=11, start_offset=offset) == whole[10:]
+    assert keys_of(tmp_path / "a.jsonl.gz", start_line=11, start_offset=offset) == whole[10:]
+
+
+def test_a_batch_keys_are_exactly_one_range() -> None:
+    """bounds(a, b) holds the keys of lines a..b and no key of a line outside them."""
+    keys = RowKeys(field="ingest_key", tag=input_tag(b'{"a": 1}'))
+    made = {line: keys.key(line, b'{"r": %d}' % line) for line in range(1, 2000)}
+    lo, hi = keys.bounds(100, 1099)
+    inside = {line for line, key in made.items() if lo <= key < hi}
+    assert inside == set(range(100, 1100))
+    assert RowKeys.parse(made[7]) is not None and RowKeys.parse(made[7]).line == 7  # type: ignore[union-attr]
+
+
+def test_splicing_keeps_every_byte_of_the_row() -> None:
+    """The key goes first; the rest of the row is its own bytes, and unsplicing restores it."""
+    keys = RowKeys(field="ingest_key", tag="0a0b0c0d")
+    raw = b'{"n": 12345678901234567890123, "s": "\\u00e9", "f": 1.0}'
+    key = keys.key(3, raw)
+    row = keys.splice(raw, key)
+    assert row.endswith(raw[1:]) and orjson.loads(row)["ingest_key"] == key
+    assert keys.unspliced(row, key) == raw
+
+
+async def test_no_key_adds_no_field_and_a_key_field_row_is_rejected(
+    fake: Any, tmp_path: Path
+) -> None:
+    """--no-key sends rows as written; with keys, a row already holding the field is rejected."""
+    (tmp_path / "rows.jsonl").write_bytes(b'{"i": 0}\n{"i": 1, "ingest_key": "mine"}\n')
+    keyed = await ingest.upload(api_key=fake.api_key, **settings(fake, tmp_path))
+    assert (keyed.rows_delivered, keyed.rows_rejected) == (1, 1)
+    rejects = (tmp_path / "rows.jsonl").parent.glob("*.rejects.jsonl")
+    assert any("--key-field-name" in p.read_text() for p in rejects)
+    (tmp_path / "plain.jsonl").write_bytes(b'{"i": 5}\n')
+    plain = await ingest.upload(
+        api_key=fake.api_key,
+        **settings(fake, tmp_path, input=str(tmp_path / "plain.jsonl"), no_key=True),
+    )
+    assert plain.rows_delivered == 1
+    stored = [e for e in fake.state.examples(fake.dataset_id) if e["i"] == 5]
+    assert len(stored) == 1 and "ingest_key" not in stored[0]
+
+
+async def test_key_from_uses_the_rows_own_field_and_rejects_missing_or_repeated(
+    fake: Any, tmp_path: Path
+) -> None:
+    """--key-from: rows keep their bytes; a row without the field or repeating one is rejected."""
+    rows = [orjson.dumps({"uid": f"u{i}", "i": i}) for i in range(300)]
+    rows += [b'{"i": 300}', b'{"uid": "u7", "i": 301}', b'{"uid": 7, "i": 302}']
+    (tmp_path / "rows.jsonl").write_bytes(b"\n".join(rows) + b"\n")
+    fake.state.faults.fail_after_commit_rate = 0.3
+    fake.state.faults.seed = 11
+    rejects = tmp_path / "rejects.jsonl"
+    summary = await ingest.upload(
+        api_key=fake.api_key,
+        **settings(fake, tmp_path, key_from="uid", batch_rows=20, rejects=str(rejects)),
+    )
+    assert (summary.exit_code, summary.rows_delivered, summary.rows_rejected) == (6, 301, 2)
+    assert summary.rows_present > 0  # commits hidden by 503s were found, not resent
+    reasons = {e["line"]: e["reason"] for e in map(orjson.loads, rejects.read_bytes().splitlines())}
+    assert "must be a non-empty string or an integer" in reasons[301]
+    assert 'repeats the --key-from value "u7" of line 8' in reasons[302]
+    stored = fake.state.examples(fake.dataset_id)
+    assert sorted(e["i"] for e in stored) == [*range(300), 302]  # the integer 7 is not "u7"
+    assert all("ingest_key" not in e for e in stored)
+
+
+async def test_key_from_sees_a_repeat_of_a_value_an_earlier_run_delivered(
+    fake: Any, tmp_path: Path
+) -> None:
+    """A resumed --key-from run reads the done lines for their keys: a later repeat is refused."""
+    rows = [orjson.dumps({"uid": i}) for i in range(30_000)]
+    rows[25_000] = b'{"uid": 3}'  # repeats line 4; past what the first run reads ahead
+    (tmp_path / "rows.jsonl").write_bytes(b"\n".join(rows) + b"\n")
+    run = settings(fake, tmp_path, key_from="uid", batch_rows=500, concurrency=1)
+    fake.state.faults.latency = 0.02
+    stop = anyio.Event()
+
+    async def stop_soon() -> None:
+        while fake.state.example_count(fake.dataset_id) < 100:  # noqa: ASYNC110 (polls)
+            await anyio.sleep(0.01)
+        stop.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stop_soon)
+        first = await ingest.upload(api_key=fake.api_key, stop=stop, **run)
+    assert (first.exit_code, first.rows_rejected) == (130, 0)
+    fake.state.faults.latency = 0.0
+    again = await ingest.upload(api_key=fake.api_key, **run)
+    assert (again.exit_code, again.rows_rejected) == (6, 1)
+    assert sorted(e["uid"] for e in fake.state.examples(fake.dataset_id)) == sorted(
+        {orjson.loads(r)["uid"] for r in rows}
+    )
