@@ -16,7 +16,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import accumulate
 
-from ingest.source import ENVELOPE_BYTES, Chunk
+import anyio
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+
+from ingest.rows import ENVELOPE_BYTES, Chunk
 
 MAX_BATCH_ROWS = 1000  # the API's limit per request
 
@@ -228,3 +231,25 @@ def batch_chunks(
         yield from batcher.extend(chunk.rows, chunk.lines, chunk.ends, chunk.starts, chunk.keys)
     if (batch := batcher.flush()) is not None:
         yield batch
+
+
+async def batch_stage(
+    batcher: Batcher,
+    chunks: ObjectReceiveStream[Chunk],
+    out: ObjectSendStream[Batch],
+    stopping: anyio.Event,
+) -> None:
+    """The batcher stage: chunks in, batches out, the last one flushed at the input's end."""
+    try:
+        async with chunks, out:
+            async for chunk in chunks:
+                if stopping.is_set():
+                    return
+                for batch in batcher.extend(
+                    chunk.rows, chunk.lines, chunk.ends, chunk.starts, chunk.keys
+                ):
+                    await out.send(batch)
+            if not stopping.is_set() and (last := batcher.flush()) is not None:
+                await out.send(last)
+    except anyio.BrokenResourceError:
+        pass  # the workers stopped (a stop request): queued rows stay unsent

@@ -47,7 +47,7 @@ from ingest.replay import JournalState as JournalState
 from ingest.replay import LineRanges as LineRanges
 from ingest.replay import ResendTally, parse_journal
 from ingest.replay import read_journal as read_journal
-from ingest.source import Reject
+from ingest.rows import Reject
 
 log = logging.getLogger("ingest")
 

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from ingest.batcher import MAX_BATCH_ROWS
 from ingest.errors import ConfigError
 from ingest.keys import DEFAULT_KEY_FIELD
-from ingest.source import RESERVED_FIELDS, RESERVED_PREFIX
+from ingest.rows import RESERVED_FIELDS, RESERVED_PREFIX
 
 API_KEY_ENV = "ARIZE_API_KEY"
 DEFAULT_BASE_URL = "https://api.arize.com"

@@ -30,7 +30,7 @@ import orjson
 from ingest.client import DatasetsClient, Reply
 from ingest.errors import DatasetNotFoundError, DeliveryError
 from ingest.retry import Action, classify
-from ingest.source import natural_key
+from ingest.rows import natural_key
 
 log = logging.getLogger("ingest")
 

@@ -27,9 +27,8 @@ from typing import Any
 import aiohttp
 import anyio
 from aiolimiter import AsyncLimiter
-from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
-from ingest.batcher import Batch, Batcher
+from ingest.batcher import Batch, Batcher, batch_stage
 from ingest.caller import Abandoned, RetryingCaller
 from ingest.checkpoint import CheckpointJournal, JournalState
 from ingest.client import DatasetsClient
@@ -38,7 +37,6 @@ from ingest.errors import (
     ConfigError,
     DeliveryError,
     IngestError,
-    SourceError,
 )
 from ingest.identity import changed_since
 from ingest.lookup import Lookup
@@ -48,10 +46,11 @@ from ingest.replay import merge_spans
 from ingest.report import Progress, RunStats, Summary, summarize
 from ingest.resume import open_checkpoint
 from ingest.retry import RetryPolicy
+from ingest.rows import Chunk
 from ingest.sender import Sender
 from ingest.settle import Settler
 from ingest.shutdown import Shutdown, first_ingest_error
-from ingest.source import Chunk, JsonlSource, Reject
+from ingest.source import JsonlSource, read_stage
 
 log = logging.getLogger("ingest")
 
@@ -337,10 +336,20 @@ class _Run:
             start=start_offset,
         )
 
+        async def read() -> None:
+            self.exhausted = await read_stage(
+                source,
+                chunks_tx,
+                shutdown=self.shutdown,
+                journal=self.journal,
+                stats=self.stats,
+                on_reject=self._note_reject,
+            )
+
         async def run_stages() -> None:
             async with anyio.create_task_group() as stages:
-                stages.start_soon(self._read, source, chunks_tx)
-                stages.start_soon(self._batch, batcher, chunks_rx, batches_tx)
+                stages.start_soon(read)
+                stages.start_soon(batch_stage, batcher, chunks_rx, batches_tx, self.shutdown.event)
                 async with batches_rx:
                     for _ in range(c.concurrency):
                         stages.start_soon(sender.work, batches_rx.clone(), self.shutdown.fail)
@@ -411,34 +420,6 @@ class _Run:
         except DeliveryError as exc:
             self.shutdown.fail(exc)
 
-    async def _read(self, source: JsonlSource, out: ObjectSendStream[Chunk]) -> None:
-        async with out:
-            while not self.shutdown.event.is_set():
-                try:
-                    # A stalled stdin must not hold a stop: the read is abandoned.
-                    chunk = await self.shutdown.race(source.read_chunk)
-                except SourceError as exc:
-                    # Not a stop: what was read before the damage is still delivered.
-                    self.shutdown.note(exc)
-                    return
-                if chunk is None:
-                    return  # a stop: nothing read is in flight, so leave at once
-                if not chunk:
-                    self.exhausted = True
-                    return
-                for reject in chunk.rejects:
-                    # The last one waits for the disk, so bad lines cannot pile up in memory.
-                    await self._reject(reject, durable=reject is chunk.rejects[-1])
-                if self.journal.rejects_error is not None:
-                    # Its rejects are not recorded: a batch of its rows would cover them.
-                    return
-                self.stats.rows_read += len(chunk)
-                if chunk.rows:
-                    try:
-                        await out.send(chunk)
-                    except anyio.BrokenResourceError:
-                        return
-
     def _note_reject(self, line: int, reason: str) -> None:
         """Count a rejected line; name the first few on stderr."""
         self.stats.rows_rejected += 1
@@ -446,30 +427,6 @@ class _Run:
             log.warning("%s:%d: rejected: %s", self.config.input, line, reason)
             if self.stats.rows_rejected == _REJECTS_SHOWN:
                 log.warning("further rejects go only to %s", self.config.rejects_path)
-
-    async def _reject(self, item: Reject, *, durable: bool) -> None:
-        self._note_reject(item.line, item.reason)
-        await self.journal.reject(item, durable=durable)
-
-    async def _batch(
-        self,
-        batcher: Batcher,
-        chunks: ObjectReceiveStream[Chunk],
-        out: ObjectSendStream[Batch],
-    ) -> None:
-        try:
-            async with chunks, out:
-                async for chunk in chunks:
-                    if self.shutdown.event.is_set():
-                        return
-                    for batch in batcher.extend(
-                        chunk.rows, chunk.lines, chunk.ends, chunk.starts, chunk.keys
-                    ):
-                        await out.send(batch)
-                if not self.shutdown.event.is_set() and (last := batcher.flush()) is not None:
-                    await out.send(last)
-        except anyio.BrokenResourceError:
-            pass  # the workers stopped (a stop request): queued rows stay unsent
 
 
 def _recorded_input(fp: dict[str, Any] | None) -> dict[str, Any]:

@@ -44,8 +44,8 @@ from ingest.retry import (
     Action,
     classify,
 )
+from ingest.rows import Reject
 from ingest.settle import Settler, Tries
-from ingest.source import Reject
 
 log = logging.getLogger("ingest")
 

@@ -9,174 +9,51 @@ by one chunk, whatever the size of the file.
 A row is sent as the bytes the file holds, never re-serialized: a parse and
 dump would turn ``12345678901234567890123`` into a float (orjson does) and may
 change escapes. orjson only *validates* the line.
+
+``read_stage`` is the stage's task: it runs ``read_chunk`` in a thread and
+sends the chunks on through a bounded stream; ``ingest.rows`` holds the types
+and the row rules, ``ingest.inputs`` the opening of the file.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import os
-import sys
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import TYPE_CHECKING, Any
 
+import anyio
 import orjson
+from anyio.abc import ObjectSendStream
 
 from ingest.errors import SourceError
 from ingest.gzipped import (
     GZIP_MAGIC,
     BrokenInput,
-    GzipStream,
     changed_under_run,
     rewritten_under_run,
 )
+from ingest.inputs import open_input, refuse_compressed
 from ingest.keys import RowKeys, input_tag
+from ingest.rows import (
+    BOM,
+    ENVELOPE_BYTES,
+    RESERVED_FIELDS,
+    Chunk,
+    Reject,
+    check_value,
+    natural_key,
+    parse_error,
+    too_long,
+)
 
-BOM = b"\xef\xbb\xbf"
-RESERVED_FIELDS = frozenset({"id", "created_at", "updated_at", "time", "count"})
-RESERVED_PREFIX = "source_record_"
-# `{"examples":[` + `]}`: the envelope every batch body carries.
-ENVELOPE_BYTES = 15
+if TYPE_CHECKING:
+    from ingest.checkpoint import CheckpointJournal
+    from ingest.report import RunStats
+    from ingest.shutdown import Shutdown
+
 _WHITESPACE = b" \t\r\n"
 _SLACK = 1024  # bytes a line may hold beyond batch_bytes (whitespace, CRLF) and still be read
-
-
-@dataclass(frozen=True, slots=True)
-class Reject:
-    """A line that is not sent, with the reason a user can act on."""
-
-    line: int
-    start: int
-    end: int
-    reason: str
-    raw: bytes
-
-    def to_json(self) -> bytes:
-        """The rejects-file line: line number, reason and the raw line."""
-        entry: dict[str, Any] = {"line": self.line, "offset": self.start, "reason": self.reason}
-        try:
-            entry["raw"] = self.raw.decode("utf-8")
-        except UnicodeDecodeError:
-            entry["raw_base64"] = base64.b64encode(self.raw).decode("ascii")
-        return orjson.dumps(entry) + b"\n"
-
-
-@dataclass(slots=True)
-class Chunk:
-    """The rows of a stretch of input, in line order, and the lines rejected in it."""
-
-    rows: list[bytes] = field(default_factory=list)
-    lines: list[int] = field(default_factory=list)
-    ends: list[int] = field(default_factory=list)
-    starts: list[int] = field(default_factory=list)
-    rejects: list[Reject] = field(default_factory=list)
-    keys: list[str] = field(default_factory=list)  # each row's key (``ingest.keys``), if keyed
-
-    def __len__(self) -> int:
-        return len(self.rows) + len(self.rejects)
-
-
-def natural_key(value: object) -> str | None:
-    """A ``--key-from`` value as a key: its JSON text (a string and a number never collide)."""
-    if (type(value) is str and value) or type(value) is int:
-        return orjson.dumps(value).decode()
-    return None
-
-
-def _parse_error(exc: orjson.JSONDecodeError) -> str:
-    if "UTF-8" in str(exc):
-        return "not valid UTF-8"
-    # orjson counts lines within the row, always line 1: only the column helps.
-    return f"not valid JSON: {exc.msg} at column {exc.colno}"
-
-
-def _check_value(
-    value: object, raw: bytes, max_row_bytes: int, key_field: str | None = None, overhead: int = 0
-) -> str | None:
-    if not isinstance(value, dict):
-        return f"not a JSON object (found {type(value).__name__})"
-    if not value:
-        return "empty object (the API refuses examples with no fields)"
-    if key_field is not None and key_field in value:
-        return (
-            f"has a field {key_field!r}, which ingest adds to every row as its key: rename the "
-            "field, or pass --key-field-name NAME for another key field"
-        )
-    for key in value:
-        if key in RESERVED_FIELDS or key.startswith(RESERVED_PREFIX):
-            return (
-                f"reserved field {key!r} (the API refuses id, created_at, updated_at, "
-                "time, count and source_record_*; rename it)"
-            )
-    if len(raw) + ENVELOPE_BYTES + overhead > max_row_bytes:
-        return _too_long(len(raw), max_row_bytes, overhead)
-    return None
-
-
-def _too_long(size: int, max_row_bytes: int, overhead: int = 0) -> str:
-    """Why a row of ``size`` bytes is not sent: it names the real limit, not batch_bytes."""
-    key = f" and its key {overhead}" if overhead else ""
-    return (
-        f"row is {size:,} bytes; with batch_bytes {max_row_bytes:,} a row may hold at most "
-        f"{max_row_bytes - ENVELOPE_BYTES - overhead:,} (the request envelope takes "
-        f"{ENVELOPE_BYTES}{key}); raise batch_bytes or shrink the row"
-    )
-
-
-# Leading bytes of the formats a JSONL input may arrive in by mistake.
-_COMPRESSED = {
-    b"\xfd7zXZ\x00": "xz",
-    b"BZh": "bzip2",
-    b"\x28\xb5\x2f\xfd": "zstd",
-    b"PK\x03\x04": "zip",
-}
-
-
-def _refuse_compressed(head: bytes, path: str) -> None:
-    for magic, kind in _COMPRESSED.items():
-        if head.startswith(magic):
-            raise SourceError(
-                f"the input holds {kind} data; decompress it first (ingest reads JSONL, "
-                "plain or gzip)",
-                path=path,
-            )
-
-
-def open_input(
-    path: str, *, expected_size: int | None = None
-) -> tuple[IO[bytes], GzipStream | None]:
-    """Open ``path`` for binary reading; return it and, for gzip, the stream under it.
-
-    ``-`` is stdin. A file is gzip when it starts with gzip's magic bytes,
-    whatever its name: a plain file named ``.gz`` is read as plain JSONL.
-    """
-    try:
-        if path == "-":
-            if sys.stdin is None:  # started with fd 0 closed: fd 0 may be any file now
-                raise SourceError("stdin is closed; give --input a file", path=path)
-            # Our own reader on stdin's fd, not sys.stdin.buffer: a read left blocked on a
-            # stdin that never ends must not hold the lock the interpreter takes at exit.
-            # What it holds is checked at the first read, which may block.
-            return open(sys.stdin.fileno(), "rb", buffering=1 << 20, closefd=False), None
-        file = io.BufferedReader(io.FileIO(path), buffer_size=1 << 20)
-    except OSError as exc:
-        raise SourceError(f"cannot open input: {exc.strerror}", path=path) from exc
-    try:
-        head = file.peek(8)[:8]
-        if not head.startswith(GZIP_MAGIC):
-            _refuse_compressed(head, path)
-            return file, None
-        file.close()
-        stream = GzipStream(path, expected_size=expected_size)
-        return io.BufferedReader(stream, buffer_size=1 << 16), stream
-    except OSError as exc:
-        file.close()
-        raise SourceError(f"cannot open input: {exc.strerror}", path=path) from exc
-    except BaseException:
-        file.close()
-        raise
 
 
 def _why(exc: BaseException) -> str:
@@ -247,7 +124,7 @@ class JsonlSource:
                     "decompress it first",
                     path=self.path,
                 )
-            _refuse_compressed(head, self.path)
+            refuse_compressed(head, self.path)
         if self._gzip is not None:
             # Called on the stream itself, not through the buffer: a close() on a stop
             # must not wait for the buffer's lock while the whole file is checked.
@@ -332,7 +209,7 @@ class JsonlSource:
                     continue
                 if size > len(line):
                     kept = f" (the rejects file keeps its first {_SLACK} bytes)"
-                    why = _too_long(size, self.max_row_bytes) + kept
+                    why = too_long(size, self.max_row_bytes) + kept
                     rejects.append(Reject(number, start, offset, why, line[:_SLACK]))
                     continue
                 raw = line.strip(_WHITESPACE)
@@ -344,7 +221,7 @@ class JsonlSource:
                 try:
                     value = loads(raw)
                 except orjson.JSONDecodeError as exc:
-                    reason = _parse_error(exc)
+                    reason = parse_error(exc)
                 else:
                     # The common case is settled with C-level operations only.
                     common = (
@@ -358,7 +235,7 @@ class JsonlSource:
                     reason = (
                         None
                         if common
-                        else _check_value(value, raw, self.max_row_bytes, key_field, overhead)
+                        else check_value(value, raw, self.max_row_bytes, key_field, overhead)
                     )
                 if reason is None and self.key_from is not None:
                     reason = self._natural_key(value, number, keys)
@@ -460,3 +337,45 @@ class JsonlSource:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+async def read_stage(
+    source: JsonlSource,
+    out: ObjectSendStream[Chunk],
+    *,
+    shutdown: Shutdown,
+    journal: CheckpointJournal,
+    stats: RunStats,
+    on_reject: Callable[[int, str], None],
+) -> bool:
+    """The source stage: read chunks in a thread, journal their rejects, send their rows on.
+
+    Returns whether the input was read to its end. A damaged input is noted on
+    ``shutdown`` (not a stop: the rows read before the damage are still sent).
+    """
+    async with out:
+        while not shutdown.event.is_set():
+            try:
+                # A stalled stdin must not hold a stop: the read is abandoned.
+                chunk = await shutdown.race(source.read_chunk)
+            except SourceError as exc:
+                shutdown.note(exc)
+                return False
+            if chunk is None:
+                return False  # a stop: nothing read is in flight, so leave at once
+            if not chunk:
+                return True
+            for reject in chunk.rejects:
+                on_reject(reject.line, reject.reason)
+                # The last one waits for the disk, so bad lines cannot pile up in memory.
+                await journal.reject(reject, durable=reject is chunk.rejects[-1])
+            if journal.rejects_error is not None:
+                # Its rejects are not recorded: a batch of its rows would cover them.
+                return False
+            stats.rows_read += len(chunk)
+            if chunk.rows:
+                try:
+                    await out.send(chunk)
+                except anyio.BrokenResourceError:
+                    return False
+    return False

@@ -24,7 +24,7 @@ import orjson
 from hypothesis import strategies as st
 
 from ingest.checkpoint import CheckpointJournal, JournalState, fingerprint
-from ingest.source import Reject
+from ingest.rows import Reject
 
 DATASET = "ds"
 

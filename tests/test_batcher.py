@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingest.batcher import Batch, Batcher, batch_chunks, body_size
-from ingest.source import Chunk
+from ingest.rows import Chunk
 
 
 def chunks_from(sizes: list[int], gaps: list[int], per_chunk: int = 7) -> list[Chunk]:

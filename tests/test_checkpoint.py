@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import ingest
 from ingest.checkpoint import CheckpointJournal, LineRanges, fingerprint, read_journal
 from ingest.errors import CheckpointError
-from ingest.source import Reject
+from ingest.rows import Reject
 
 FP = {"input": {"size": 1}, "dataset_id": "ds", "dataset_version_id": None}
 

@@ -14,7 +14,8 @@ import orjson
 import pytest
 
 from ingest.errors import SourceError
-from ingest.source import JsonlSource, Reject
+from ingest.rows import Reject
+from ingest.source import JsonlSource
 
 Row = tuple[int, int, bytes]  # line, end offset, raw bytes
 
