@@ -22,9 +22,10 @@ import anyio
 import orjson
 
 from ingest.checkpoint import read_journal
+from ingest.conclude import EXIT_INTERRUPTED
 from ingest.config import API_KEY_ENV, DEFAULT_BASE_URL, build_config, load_toml, parse_size
 from ingest.errors import ConfigError, IngestError
-from ingest.pipeline import EXIT_INTERRUPTED, upload
+from ingest.pipeline import upload
 from ingest.redact import RedactFilter, redact
 from ingest.replay import RunResends
 from ingest.report import Summary

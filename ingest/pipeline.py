@@ -32,6 +32,13 @@ from ingest.batcher import Batch, Batcher, batch_stage
 from ingest.caller import Abandoned, RetryingCaller
 from ingest.checkpoint import CheckpointJournal, JournalState
 from ingest.client import DatasetsClient
+from ingest.conclude import (
+    EXIT_OK,
+    ending,
+    finished_record,
+    totals,
+    unbalanced,
+)
 from ingest.config import API_KEY_ENV, RunConfig
 from ingest.errors import (
     ConfigError,
@@ -54,10 +61,6 @@ from ingest.source import JsonlSource, read_stage
 
 log = logging.getLogger("ingest")
 
-EXIT_OK = 0
-EXIT_REJECTS = 6
-EXIT_UNBALANCED = 7
-EXIT_INTERRUPTED = 130
 _REJECTS_SHOWN = 5  # bad lines named on stderr; all of them go to the rejects file
 
 
@@ -149,15 +152,11 @@ class _Run:
     def summary(self, status: str, exit_code: int, message: str = "") -> Summary:
         # Counted by the journal, by the rule `ingest status` applies to it (RunResends).
         self.stats.unknown_resent = self.journal.unknown_resent
-        totals = (
-            self.state.delivered_rows + self.stats.rows_delivered,
-            self.state.rejected_rows + self.stats.rows_rejected,
-        )
         return summarize(
             self.stats,
             status=status,
             exit_code=exit_code,
-            totals=totals,
+            totals=totals(self.stats, self.state),
             in_flight_resent=len(self.state.in_flight),
             checkpoint=self.config.checkpoint_path,
             rejects=self.config.rejects_path,
@@ -225,22 +224,16 @@ class _Run:
             if isinstance(failure, IngestError):
                 failure.summary = self.summary("failed", failure.exit_code, str(failure))
             raise failure
-        if not self.complete:
-            hint = (
-                "stdin cannot be resumed: rows read but not delivered are lost"
-                if self.config.input == "-"
-                else "re-run the same command to resume"
-            )
-            return self.summary("interrupted", EXIT_INTERRUPTED, hint)
         if self.unbalanced is not None:
             log.error("%s", self.unbalanced)
-            return self.summary("unbalanced", EXIT_UNBALANCED, self.unbalanced)
-        rejected = self.state.rejected_rows + self.stats.rows_rejected
-        if rejected:
-            return self.summary(
-                "complete-with-rejects", EXIT_REJECTS, f"see {self.config.rejects_path}"
-            )
-        return self.summary("complete", EXIT_OK)
+        status, code, message = ending(
+            complete=self.complete,
+            why_unbalanced=self.unbalanced,
+            rejected=totals(self.stats, self.state)[1],
+            stdin=self.config.input == "-",
+            rejects_path=self.config.rejects_path,
+        )
+        return self.summary(status, code, message)
 
     def _start_record(self) -> dict[str, Any]:
         c = self.config
@@ -374,41 +367,10 @@ class _Run:
         )
         if self.complete:
             before = await anyio.to_thread.run_sync(source.rows_before_start)
-            self.unbalanced = self._unbalanced(before + source.skipped_rows)
+            rows = self.stats.rows_read + source.skipped_rows + before
+            self.unbalanced = unbalanced(self.stats, self.state, rows)
         if self.complete and self.unbalanced is None:
-            await self.journal.write(
-                {
-                    "t": "finished",
-                    "exit_code": EXIT_REJECTS
-                    if self.state.rejected_rows + self.stats.rows_rejected
-                    else EXIT_OK,
-                    "delivered": self.state.delivered_rows + self.stats.rows_delivered,
-                    "rejected": self.state.rejected_rows + self.stats.rows_rejected,
-                }
-            )
-
-    def _unbalanced(self, skipped_rows: int) -> str | None:
-        """Why the counts of a run that read its whole input do not add up, if they do not.
-
-        Every row read is delivered, rejected or pending; and the rows of the input are
-        those read now and those earlier runs dealt with, each counted once by the journal.
-        """
-        s = self.stats
-        if s.rows_pending:
-            return (
-                f"{s.rows_pending} rows read were neither delivered nor rejected; re-run the "
-                "same command to send them"
-            )
-        rows = s.rows_read + skipped_rows
-        counted = self.state.delivered_rows + self.state.rejected_rows
-        counted += s.rows_delivered + s.rows_rejected
-        if counted != rows:
-            return (
-                f"the input holds {rows:,} rows but the checkpoint accounts for {counted:,} "
-                f"(delivered or rejected, in all runs); run `ingest verify` on the same "
-                "arguments to compare the dataset with the input"
-            )
-        return None
+            await self.journal.write(finished_record(self.stats, self.state))
 
     async def _settle(self, settler: Settler) -> None:
         """The phase after the input is sent: what waited for a read of the dataset,
