@@ -1,15 +1,18 @@
 """Checkpoint: the write-ahead journal that makes a run resumable.
 
-Takes records of what the sender is about to do and has done; gives back, when
-a run starts, what is already done. One JSON object per line:
+Takes records of what the sender is about to do and has done (the types of
+``ingest.records``, which hold the schema); gives back, when a run starts, what
+is already done. One JSON object per line:
 
-    {"t": "header", "v": 2, "fingerprint": {...}}     what run this journal belongs to
+    {"t": "header", "v": 3, "fingerprint": {...}}     what run this journal belongs to
     {"t": "identity", "input": {...}}   the input's full identity, after a version-1 header
-    {"t": "start", "resent_in_flight": [[seq, part, a, b], ...], ...}   each run's start
+    {"t": "start", "resent_in_flight": [[seq, part, a, b], ...], "keys": "ingest_key", ...}
     {"t": "rejected", "line": 7, "bytes": [s, e], "reason": "..."}
     {"t": "sending", "seq": 3, "part": "", "lines": [a, b], "bytes": [s, e], "rows": n}
     {"t": "split", "seq": 3, "part": ""}          refused whole; its halves ("0", "1") follow
-    {"t": "unknown", "seq": 3, "part": "", "cause": "HTTP 503"}   maybe committed; resent
+    {"t": "unknown", "seq": 3, "part": "", "cause": "HTTP 503"}   maybe committed
+    {"t": "present", "seq": 3, "part": "", "spans": [[a, b, s, e], ...], "rows": n}
+    {"t": "deleted", "seq": 3, "part": "", "ids": [...]}   extra copies settling deleted
     {"t": "done", "seq": 3, "part": "", "lines": [a, b], "bytes": [s, e], "rows": n,
      "example_ids": [...]}
     {"t": "finished", "exit_code": 0, "delivered": n, "rejected": m}
@@ -41,6 +44,7 @@ import orjson
 from ingest.errors import CheckpointError, RejectsFileError
 from ingest.identity import fingerprint as fingerprint
 from ingest.identity import is_v1_identity, mismatch
+from ingest.records import Record
 from ingest.rejects import FILE_MODE, RejectsFile, backup_path, set_aside
 from ingest.replay import JOURNAL_VERSION as JOURNAL_VERSION
 from ingest.replay import JournalState as JournalState
@@ -60,7 +64,7 @@ class CheckpointJournal:
     journal, state = CheckpointJournal.open(path, fp, rejects_path=rp)
     async with anyio.create_task_group() as tg:
         tg.start_soon(journal.run)
-        await journal.write({"t": "sending", ...})  # durable on return
+        await journal.write(Sending.of(batch))  # durable on return
         ...
         journal.close()
     """
@@ -192,8 +196,13 @@ class CheckpointJournal:
             state.fingerprint = {**state.fingerprint, "input": fp["input"]}
         return state
 
-    async def write(self, record: dict[str, Any], *, durable: bool = True) -> None:
-        """Append ``record``; if ``durable``, return once it (and all before it) is fsynced."""
+    async def write(self, rec: Record | dict[str, Any], *, durable: bool = True) -> None:
+        """Append ``rec``; if ``durable``, return once it (and all before it) is fsynced.
+
+        ``ingest`` writes ``Record`` s (``ingest.records``); a plain object is taken as
+        the record's JSON, for tests and hand-made journals.
+        """
+        record = rec.as_json() if isinstance(rec, Record) else rec
         if "seq" in record:
             self._resends.note(record.get("t"), record["seq"], record["part"])
         kind, lines = record.get("t"), record.get("lines")

@@ -8,8 +8,7 @@ that are not errors live here; errors carry their own (``ingest.errors``).
 
 from __future__ import annotations
 
-from typing import Any
-
+from ingest.records import Finished
 from ingest.replay import JournalState
 from ingest.report import RunStats
 
@@ -48,15 +47,10 @@ def unbalanced(stats: RunStats, state: JournalState, rows_in_input: int) -> str 
     return None
 
 
-def finished_record(stats: RunStats, state: JournalState) -> dict[str, Any]:
+def finished_record(stats: RunStats, state: JournalState) -> Finished:
     """The journal's last record for an input every row of which is dealt with."""
     delivered, rejected = totals(stats, state)
-    return {
-        "t": "finished",
-        "exit_code": EXIT_REJECTS if rejected else EXIT_OK,
-        "delivered": delivered,
-        "rejected": rejected,
-    }
+    return Finished(EXIT_REJECTS if rejected else EXIT_OK, delivered, rejected)
 
 
 def ending(

@@ -48,6 +48,7 @@ from ingest.errors import (
 from ingest.identity import changed_since
 from ingest.lookup import Lookup
 from ingest.preflight import preflight, refusal_message
+from ingest.records import Start
 from ingest.redact import RedactFilter
 from ingest.replay import merge_spans
 from ingest.report import Progress, RunStats, Summary, summarize
@@ -235,15 +236,15 @@ class _Run:
         )
         return self.summary(status, code, message)
 
-    def _start_record(self) -> dict[str, Any]:
+    def _start_record(self) -> Start:
         c = self.config
-        return {
-            "t": "start",
-            "pid": os.getpid(),
-            "batch_rows": c.batch_rows,
-            "batch_bytes": c.batch_bytes,
-            "resent_in_flight": [[r["seq"], r["part"], *r["lines"]] for r in self.state.in_flight],
-        }
+        return Start(
+            pid=os.getpid(),
+            batch_rows=c.batch_rows,
+            batch_bytes=c.batch_bytes,
+            resent_in_flight=[[r["seq"], r["part"], *r["lines"]] for r in self.state.in_flight],
+            keys=c.lookup_field,
+        )
 
     def _policy(self) -> RetryPolicy:
         c = self.config

@@ -38,6 +38,7 @@ from ingest.errors import (
     DeliveryError,
     RetriesExhaustedError,
 )
+from ingest.records import Done, Sending, Split, Unknown
 from ingest.replay import SERVER_ERROR_REASON
 from ingest.report import RunStats
 from ingest.retry import (
@@ -148,9 +149,7 @@ class Sender:
             log.info("%s refused (%s); halving it", batch.name, reply.problem())
             # The whole stays in flight (a 500 may have committed it) until its halves
             # settle every line of it.
-            await self._journal.write(
-                {"t": "split", "seq": batch.seq, "part": batch.part}, durable=False
-            )
+            await self._journal.write(Split(batch.seq, batch.part), durable=False)
             first, second = batch.split()
             await self._send(first, tries)
             await self._send(second, tries)
@@ -223,41 +222,18 @@ class Sender:
 
     async def _unknown(self, batch: Batch, cause: str) -> None:
         """Journal that ``batch`` may have been stored (an answer that hides the outcome)."""
-        await self._journal.write(
-            {"t": "unknown", "seq": batch.seq, "part": batch.part, "cause": cause},
-            durable=False,
-        )
+        await self._journal.write(Unknown(batch.seq, batch.part, cause), durable=False)
 
     async def _done(self, batch: Batch, rows: int, example_ids: list[Any]) -> None:
-        await self._journal.write(
-            {
-                "t": "done",
-                "seq": batch.seq,
-                "part": batch.part,
-                "lines": [batch.first_line, batch.last_line],
-                "bytes": [batch.start, batch.end],
-                "rows": rows,
-                "example_ids": example_ids,
-            },
-            # Nothing waits on it; the next *sending* record's fsync carries it.
-            durable=False,
-        )
+        # Nothing waits on it; the next *sending* record's fsync carries it.
+        await self._journal.write(Done.of(batch, rows, example_ids), durable=False)
 
     async def post(self, batch: Batch) -> Reply:
         """POST the batch until a 2xx or a refusal of its rows; raise when that cannot be."""
         body = batch.body()
 
         async def sending() -> None:
-            await self._journal.write(
-                {
-                    "t": "sending",
-                    "seq": batch.seq,
-                    "part": batch.part,
-                    "lines": [batch.first_line, batch.last_line],
-                    "bytes": [batch.start, batch.end],
-                    "rows": len(batch.rows),
-                }
-            )
+            await self._journal.write(Sending.of(batch))
 
         return await self._caller.call(
             lambda: self._append(body),

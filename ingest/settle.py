@@ -29,6 +29,7 @@ from ingest.checkpoint import CheckpointJournal
 from ingest.errors import RetriesExhaustedError
 from ingest.keys import RowKeys
 from ingest.lookup import Found, Lookup
+from ingest.records import Deleted, Present
 from ingest.replay import merge_spans
 from ingest.report import RunStats
 
@@ -175,9 +176,7 @@ class Settler:
         deleted = await self.lookup.delete(extras)
         self.stats.rows_deleted += deleted
         log.info("%s: deleted %d extra copies of its rows", batch.name, deleted)
-        await self.journal.write(
-            {"t": "deleted", "seq": batch.seq, "part": batch.part, "ids": extras}, durable=False
-        )
+        await self.journal.write(Deleted(batch.seq, batch.part, extras), durable=False)
         for key in batch.keys:
             if key in found:
                 found[key] = found[key][:1]
@@ -193,10 +192,7 @@ class Settler:
                 for i in range(len(batch.rows))
                 if i not in gone
             ]
-        await self.journal.write(
-            {"t": "present", "seq": batch.seq, "part": batch.part, "spans": spans, "rows": present},
-            durable=False,
-        )
+        await self.journal.write(Present(batch.seq, batch.part, spans, present), durable=False)
         self.stats.rows_delivered += present
         self.stats.rows_present += present
 
