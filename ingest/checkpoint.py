@@ -43,7 +43,7 @@ import orjson
 
 from ingest.errors import CheckpointError, RejectsFileError
 from ingest.identity import fingerprint as fingerprint
-from ingest.identity import is_v1_identity, mismatch
+from ingest.identity import grew, is_v1_identity, mismatch
 from ingest.records import Record
 from ingest.rejects import FILE_MODE, RejectsFile, backup_path, set_aside
 from ingest.replay import JOURNAL_VERSION as JOURNAL_VERSION
@@ -158,6 +158,12 @@ class CheckpointJournal:
         reason = None
         if state.fingerprint is not None:
             reason = mismatch(state.fingerprint, fp, input_path=input_path)
+        if reason is not None and not restart and grew(state.fingerprint or {}, fp, input_path):
+            # Lines added at its end: what is done stays done; the new lines are sent.
+            log.info("%s grew since its checkpoint: the lines added are sent", input_path)
+            reason, grown = None, True
+        else:
+            grown = False
         if reason is not None and not restart:
             raise CheckpointError(
                 f"{path}: this checkpoint is for {reason}. Pass --restart to start over "
@@ -188,6 +194,11 @@ class CheckpointJournal:
             os.fsync(fd)
         os.lseek(fd, 0, os.SEEK_END)
         assert state.fingerprint is not None
+        if grown:
+            _write_all(fd, orjson.dumps({"t": "identity", "input": fp["input"]}) + b"\n")
+            os.fsync(fd)
+            state.fingerprint = {**state.fingerprint, "input": fp["input"]}
+            state.finished = None  # its new lines are not done
         if is_v1_identity(state.fingerprint.get("input") or {}):
             # A version-1 header saw only the size and the edges: from now on the input's
             # full identity is checked, as for a checkpoint made by this version.

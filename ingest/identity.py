@@ -38,14 +38,17 @@ def fingerprint(input_path: str, dataset_id: str, dataset_version_id: str | None
     }
 
 
-def input_identity(path: str) -> dict[str, Any]:
-    """Size, modification time and sampled hashes of the file at ``path``."""
+def input_identity(path: str, *, size: int | None = None) -> dict[str, Any]:
+    """Size, modification time and sampled hashes of the file at ``path``.
+
+    With ``size``, of its first ``size`` bytes only: what it was before it grew.
+    """
     with open(path, "rb") as f:
         st = os.fstat(f.fileno())
-        size = st.st_size
-        head = hashlib.sha256(f.read(_EDGE)).hexdigest()
+        size = st.st_size if size is None else size
+        head = hashlib.sha256(f.read(min(_EDGE, size))).hexdigest()
         f.seek(max(size - _EDGE, 0))
-        tail = hashlib.sha256(f.read(_EDGE)).hexdigest()
+        tail = hashlib.sha256(f.read(min(_EDGE, size))).hexdigest()
         samples = hashlib.sha256()
         for offset in sample_offsets(size):
             samples.update(os.pread(f.fileno(), _BLOCK, offset))
@@ -86,6 +89,34 @@ def mismatch(
     if was == now:
         return None
     return _input_change(was, now, input_path)
+
+
+def grew(old: dict[str, Any], new: dict[str, Any], path: str) -> bool:
+    """Whether the input at ``path`` is the one ``old`` fingerprinted with lines added at its end.
+
+    Its first ``old`` size bytes must be what they were (same hashes at that size),
+    ending with a whole line: then every line done stays done, keys included, and a
+    daily-appended file resumes where the last run stopped. Same dataset and version.
+    """
+    was, now = old.get("input"), new["input"]
+    if old.get("dataset_id") != new["dataset_id"]:
+        return False
+    if old.get("dataset_version_id") != new["dataset_version_id"]:
+        return False
+    if not isinstance(was, dict) or "sample_sha256" not in was or now.get("stdin"):
+        return False
+    size = was.get("size")
+    if not isinstance(size, int) or not 0 < size < now.get("size", 0):
+        return False
+    try:
+        with open(path, "rb") as f:
+            if os.pread(f.fileno(), 1, size - 1) != b"\n":
+                return False  # a last line cut short then: it is another line now
+        then = input_identity(path, size=size)
+    except OSError:
+        return False
+    keys = ("head_sha256", "tail_sha256", "sample_sha256")
+    return all(then[k] == was[k] for k in keys)
 
 
 def is_v1_identity(identity: dict[str, Any]) -> bool:

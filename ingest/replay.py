@@ -132,6 +132,9 @@ class JournalState:
         if kind == "header":
             self.fingerprint = rec.get("fingerprint")
         elif kind == "identity" and self.fingerprint is not None:
+            before = self.fingerprint.get("input")
+            if not isinstance(before, dict) or before.get("size") != rec["input"].get("size"):
+                self.finished = None  # the input grew: its new lines are not done
             self.fingerprint = {**self.fingerprint, "input": rec["input"]}
         elif kind == "start":
             self.attempts += 1

@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 import orjson
+import pytest
 from test_pipeline import settings, write_rows
 
 import ingest
@@ -150,3 +151,44 @@ async def test_key_from_sees_a_repeat_of_a_value_an_earlier_run_delivered(
     assert sorted(e["uid"] for e in fake.state.examples(fake.dataset_id)) == sorted(
         {orjson.loads(r)["uid"] for r in rows}
     )
+
+
+async def test_a_grown_input_resumes_and_sends_only_its_new_lines(
+    fake: Any, tmp_path: Path
+) -> None:
+    """A daily-appended file re-run after it grew sends only the added lines, each once."""
+    path = tmp_path / "rows.jsonl"
+    write_rows(path, 500)
+    run = settings(fake, tmp_path, checkpoint=str(tmp_path / "run.ckpt"))
+    assert (await ingest.upload(api_key=fake.api_key, **run)).exit_code == 0
+    with path.open("ab") as f:
+        f.write(b"".join(orjson.dumps({"i": i}) + b"\n" for i in range(500, 800)))
+    grown = await ingest.upload(api_key=fake.api_key, **run)
+    assert (grown.status, grown.rows_skipped, grown.rows_delivered) == ("complete", 500, 300)
+    stored = sorted(e["i"] for e in fake.state.examples(fake.dataset_id))
+    assert stored == list(range(800))
+    again = await ingest.upload(api_key=fake.api_key, **run)
+    assert again.status == "already-complete"
+
+
+async def test_an_input_changed_other_than_by_growing_is_still_refused(
+    fake: Any, tmp_path: Path
+) -> None:
+    """Lines added after an edit of the old part, or after a cut last line, are another input."""
+    path = tmp_path / "rows.jsonl"
+    write_rows(path, 100)
+    run = settings(fake, tmp_path, checkpoint=str(tmp_path / "run.ckpt"))
+    assert (await ingest.upload(api_key=fake.api_key, **run)).exit_code == 0
+    data = path.read_bytes()
+    edited = data.replace(b'"i":5,', b'"i":6,', 1)
+    assert edited != data
+    path.write_bytes(edited + b'{"i": 100}\n')
+    with pytest.raises(ingest.CheckpointError, match="--restart"):
+        await ingest.upload(api_key=fake.api_key, **run)
+    cut = tmp_path / "cut.jsonl"
+    cut.write_bytes(b'{"i": 1}\n{"i": 2}')  # no newline at its end
+    run2 = settings(fake, tmp_path, input=str(cut), checkpoint=str(tmp_path / "cut.ckpt"))
+    assert (await ingest.upload(api_key=fake.api_key, **run2)).exit_code == 0
+    cut.write_bytes(b'{"i": 1}\n{"i": 2, "more": true}\n')
+    with pytest.raises(ingest.CheckpointError, match="--restart"):
+        await ingest.upload(api_key=fake.api_key, **run2)
