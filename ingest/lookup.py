@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import Any
 
+import anyio
 import orjson
 
 from ingest.client import DatasetsClient, Reply
@@ -73,6 +74,9 @@ class Lookup:
         self.version = version
         self.mode = "range"
         self._range_checked = False
+        # Held through the check: a worker that found the check under way and searched by
+        # range meanwhile would take a server's wrong range answer for missing rows.
+        self._checking = anyio.Lock()
         self._known: tuple[list[str], str, str] | None = None  # stored keys, to check ranges
         self.searches = 0  # requests made, for the summary
         self.examples_read = 0
@@ -109,17 +113,20 @@ class Lookup:
             return True
         if self._known is None:
             return False  # nothing known stored yet: equality is the documented way
-        keys, lo, hi = self._known
-        self._range_checked = True
-        try:
-            found = await self._search(self._range(lo, hi), set(keys))
-        except FilterRefused:
-            self._fall_back("list", "a range filter")
-            return False
-        if set(found) != set(keys):
-            self._fall_back("list", "a range filter (it missed keys known to be stored)")
-            return False
-        return True
+        async with self._checking:
+            if self._range_checked or self.mode != "range":
+                return self._range_checked and self.mode == "range"
+            keys, lo, hi = self._known
+            try:
+                found = await self._search(self._range(lo, hi), set(keys))
+            except FilterRefused:
+                self._fall_back("list", "a range filter")
+                return False
+            if set(found) != set(keys):
+                self._fall_back("list", "a range filter (it missed keys known to be stored)")
+                return False
+            self._range_checked = True
+            return True
 
     def _fall_back(self, mode: str, what: str) -> None:
         log.info("the server does not search by %s: looking keys up by %s", what, mode)
@@ -173,7 +180,11 @@ class Lookup:
             for example in examples:
                 key = example.get(self.key_field)
                 if isinstance(key, str) and wanted(key):
-                    found.setdefault(key, []).append(str(example.get("id")))
+                    ids = found.setdefault(key, [])
+                    # An example shown again (a cursor that slid) is not a copy of itself:
+                    # counted twice, its one copy would be deleted as an extra.
+                    if (id_ := str(example.get("id"))) not in ids:
+                        ids.append(id_)
             if cursor is None:
                 return found
 
