@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import itertools
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -31,14 +32,19 @@ class Searching:
     nothing, slowly, as a server that does not compare strings that way.
     ``repeat_pages``: a search pages one example at a time and shows the first
     match again on the second page, as an offset cursor under inserts does.
+    ``filters=False``: a search with a filter gets 400. ``visible_after``: seconds
+    before a stored example shows in a search.
     """
 
     answer: Callable[[int], str]
     range_broken: bool = False
     repeat_pages: bool = False
+    filters: bool = True
+    visible_after: float = 0.0
     stored: list[dict[str, Any]] = field(default_factory=list)
     posts: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     ids: itertools.count[int] = field(default_factory=itertools.count)
+    times: list[float] = field(default_factory=list)  # when each example was stored
 
     def keys(self) -> list[str]:
         return [e["ingest_key"] for e in self.stored]
@@ -55,6 +61,7 @@ class Searching:
             await asyncio.sleep(0.2)  # the commit happens; its answer is lost
         ids = [f"ex-{next(self.ids)}" for _ in examples]
         self.stored += [{**e, "id": i} for e, i in zip(examples, ids, strict=True)]
+        self.times += [time.monotonic()] * len(ids)
         if self.answer(n) == "lost":
             return problem(503, "service unavailable")
         return web.json_response({"id": DATASET, "example_ids": ids}, status=201)
@@ -62,12 +69,18 @@ class Searching:
     async def search(self, request: web.Request) -> web.Response:
         body = orjson.loads(await request.read())
         text = body.get("filter")
+        if text and not self.filters:
+            return problem(400, "filters are not supported here")
+        now = time.monotonic()
+        shown = [
+            e for e, t in zip(self.stored, self.times, strict=True) if now - t >= self.visible_after
+        ]
         if text and ">=" in text and self.range_broken:
             await asyncio.sleep(0.3)
             matches: list[dict[str, Any]] = []
         else:
             keep = compile_filter(text) if text else (lambda _: True)
-            matches = [e for e in self.stored if keep(e)]
+            matches = [e for e in shown if keep(e)]
         if not self.repeat_pages:
             return web.json_response({"examples": matches, "pagination": {"has_more": False}})
         page = int(body.get("cursor") or 0)
@@ -81,7 +94,8 @@ class Searching:
     async def delete(self, request: web.Request) -> web.Response:
         gone = set(orjson.loads(await request.read())["example_ids"])
         deleted = [e["id"] for e in self.stored if e["id"] in gone]
-        self.stored = [e for e in self.stored if e["id"] not in gone]
+        kept = [(e, t) for e, t in zip(self.stored, self.times, strict=True) if e["id"] not in gone]
+        self.stored, self.times = [e for e, _ in kept], [t for _, t in kept]
         return web.json_response({"deleted_example_ids": deleted})
 
 
@@ -174,3 +188,20 @@ def test_a_gzip_input_resumed_keys_its_rows_as_the_first_run_did(tmp_path: Path)
     assert keys(3, past_line_2, batch_bytes=8192) == fresh[1:]
     path.write_bytes(data)  # the same input, plain: the same keys (line 1 is a row now)
     assert keys(1, 0, batch_bytes=8192)[1:] == fresh
+
+
+async def test_a_batch_parked_for_the_read_of_the_dataset_waits_out_the_lag_first(
+    tmp_path: Path,
+) -> None:
+    """Where filters are refused, the one read of the dataset waits settle_lag after the last
+    unknown outcome: a commit not yet visible is not taken for a missing row and resent."""
+    write_rows(tmp_path / "rows.jsonl", 3)
+    server = Searching(answer=lambda n: "lost" if n == 1 else "ok", filters=False)
+    server.visible_after = 0.3
+    async with searching(server) as url:
+        summary = await ingest.upload(
+            api_key=KEY, **run_settings(url, tmp_path, batch_rows=3, settle_lag=0.6)
+        )
+    assert (summary.exit_code, summary.rows_delivered, summary.rows_pending) == (0, 3, 0)
+    assert (summary.rows_present, summary.rows_deleted) == (3, 0), "stored rows were resent"
+    assert sorted(e["i"] for e in server.stored) == [0, 1, 2]
