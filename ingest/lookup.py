@@ -66,7 +66,13 @@ class Lookup:
     """
 
     def __init__(
-        self, *, call: Call, client: DatasetsClient, key_field: str, version: str | None
+        self,
+        *,
+        call: Call,
+        client: DatasetsClient,
+        key_field: str,
+        version: str | None,
+        lag: float = 0.0,
     ) -> None:
         self._call = call
         self._client = client
@@ -78,6 +84,10 @@ class Lookup:
         # range meanwhile would take a server's wrong range answer for missing rows.
         self._checking = anyio.Lock()
         self._known: tuple[list[str], str, str] | None = None  # stored keys, to check ranges
+        # The check waits until they can show in a search: a commit that takes a moment to
+        # be visible would otherwise fail it, and range searches be given up for good.
+        self._lag = lag
+        self._known_at = 0.0
         self.searches = 0  # requests made, for the summary
         self.examples_read = 0
 
@@ -85,6 +95,7 @@ class Lookup:
         """Remember a few keys the server confirmed stored: the check of a range search."""
         if self._known is None:
             self._known = (list(keys)[:3], lo, hi)
+            self._known_at = anyio.current_time()
 
     async def keys(self, keys: tuple[str, ...], lo: str, hi: str) -> Found | None:
         """The examples holding ``keys`` (all within ``lo <= key < hi``); None in scan mode."""
@@ -111,8 +122,8 @@ class Lookup:
         """Whether range searches find what they should; checked once, on stored keys."""
         if self._range_checked:
             return True
-        if self._known is None:
-            return False  # nothing known stored yet: equality is the documented way
+        if self._known is None or anyio.current_time() - self._known_at < self._lag:
+            return False  # nothing known stored (and visible) yet: equality is the documented way
         async with self._checking:
             if self._range_checked or self.mode != "range":
                 return self._range_checked and self.mode == "range"

@@ -295,7 +295,11 @@ class _Run:
         settler = None
         if c.key_field is not None:
             lookup = Lookup(
-                call=caller.call, client=client, key_field=c.key_field, version=self.version
+                call=caller.call,
+                client=client,
+                key_field=c.key_field,
+                version=self.version,
+                lag=c.settle_lag,
             )
             settler = Settler(
                 lookup=lookup,

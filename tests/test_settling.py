@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import itertools
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from aiohttp import web
 from scripted import DATASET, KEY, problem, serving
 
@@ -204,4 +206,23 @@ async def test_a_batch_parked_for_the_read_of_the_dataset_waits_out_the_lag_firs
         )
     assert (summary.exit_code, summary.rows_delivered, summary.rows_pending) == (0, 3, 0)
     assert (summary.rows_present, summary.rows_deleted) == (3, 0), "stored rows were resent"
+    assert sorted(e["i"] for e in server.stored) == [0, 1, 2]
+
+
+async def test_the_range_check_waits_until_the_keys_it_checks_can_show(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Range searches are not given up because the keys checking them were stored too
+    recently to show in a search yet (within settle_lag)."""
+    write_rows(tmp_path / "rows.jsonl", 3)
+    server = Searching(answer=lambda n: "lost" if n == 2 else "ok", visible_after=0.5)
+    caplog.set_level(logging.INFO, logger="ingest")
+    async with searching(server) as url:
+        summary = await ingest.upload(
+            api_key=KEY,
+            **run_settings(url, tmp_path, batch_rows=1, concurrency=1, settle_lag=0.6),
+        )
+    assert (summary.exit_code, summary.rows_delivered, summary.rows_pending) == (0, 3, 0)
+    assert (summary.rows_present, summary.rows_deleted) == (1, 0)
+    assert "does not search by a range filter" not in caplog.text
     assert sorted(e["i"] for e in server.stored) == [0, 1, 2]
