@@ -4,7 +4,9 @@ Takes a row's raw bytes and its line; gives out the row with one more field,
 ``"ingest_key": "<input>-<line>-<row>"``, placed first, every other byte left
 as written. The key is made of three parts:
 
-- ``input``: 8 hex digits of a hash of the input's first line. Content, not the
+- ``input``: 8 hex digits of a hash of the input's first line (of its first
+  ``TAG_BYTES``, which every reader holds, whatever its batch_bytes, and a
+  resumed gzip input that reads line 1 whole gets the same). Content, not the
   path (a moved, renamed or re-compressed file keeps its keys), and not the size
   (a file that grows at its end, like a daily-appended log, keeps its first line).
 - ``line``: the row's line number, zero-padded to 12 digits, so the keys of one
@@ -27,6 +29,7 @@ import orjson
 
 DEFAULT_KEY_FIELD = "ingest_key"
 LINE_DIGITS = 12  # lines up to 10^12: far past any file a run can read
+TAG_BYTES = 2048  # no more than the least any reader holds of a line (batch_bytes 1 KiB + slack)
 _KEY = re.compile(r"([0-9a-f]{8})-([0-9]{12})-([0-9a-f]{8})\Z")
 _WHITESPACE = b" \t\r\n"
 _BOM = b"\xef\xbb\xbf"
@@ -34,7 +37,7 @@ _BOM = b"\xef\xbb\xbf"
 
 def input_tag(first_line: bytes) -> str:
     """The key part that names an input: a hash of its first line (BOM and whitespace aside)."""
-    line = first_line.strip(_WHITESPACE)
+    line = first_line[:TAG_BYTES].strip(_WHITESPACE)
     if line.startswith(_BOM):
         line = line[len(_BOM) :].strip(_WHITESPACE)
     return hashlib.blake2b(line, digest_size=4).hexdigest()

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import Any
 
+import anyio
 import orjson
 
 from ingest.client import DatasetsClient, Reply
@@ -73,6 +74,7 @@ class Lookup:
         key_field: str,
         version: str | None,
         natural: bool = False,
+        lag: float = 0.0,
     ) -> None:
         self._call = call
         self._client = client
@@ -82,7 +84,14 @@ class Lookup:
         self.natural = natural
         self.mode = "list" if natural else "range"
         self._range_checked = False
+        # Held through the check: a worker that found the check under way and searched by
+        # range meanwhile would take a server's wrong range answer for missing rows.
+        self._checking = anyio.Lock()
         self._known: tuple[list[str], str, str] | None = None  # stored keys, to check ranges
+        # The check waits until they can show in a search: a commit that takes a moment to
+        # be visible would otherwise fail it, and range searches be given up for good.
+        self._lag = lag
+        self._known_at = 0.0
         self.searches = 0  # requests made, for the summary
         self.examples_read = 0
 
@@ -90,6 +99,7 @@ class Lookup:
         """Remember a few keys the server confirmed stored: the check of a range search."""
         if self._known is None:
             self._known = (list(keys)[:3], lo, hi)
+            self._known_at = anyio.current_time()
 
     async def keys(self, keys: tuple[str, ...], lo: str, hi: str) -> Found | None:
         """The examples holding ``keys`` (all within ``lo <= key < hi``); None in scan mode."""
@@ -116,19 +126,22 @@ class Lookup:
         """Whether range searches find what they should; checked once, on stored keys."""
         if self._range_checked:
             return True
-        if self._known is None:
-            return False  # nothing known stored yet: equality is the documented way
-        keys, lo, hi = self._known
-        self._range_checked = True
-        try:
-            found = await self._search(self._range(lo, hi), set(keys))
-        except FilterRefused:
-            self._fall_back("list", "a range filter")
-            return False
-        if set(found) != set(keys):
-            self._fall_back("list", "a range filter (it missed keys known to be stored)")
-            return False
-        return True
+        if self._known is None or anyio.current_time() - self._known_at < self._lag:
+            return False  # nothing known stored (and visible) yet: equality is the documented way
+        async with self._checking:
+            if self._range_checked or self.mode != "range":
+                return self._range_checked and self.mode == "range"
+            keys, lo, hi = self._known
+            try:
+                found = await self._search(self._range(lo, hi), set(keys))
+            except FilterRefused:
+                self._fall_back("list", "a range filter")
+                return False
+            if set(found) != set(keys):
+                self._fall_back("list", "a range filter (it missed keys known to be stored)")
+                return False
+            self._range_checked = True
+            return True
 
     def _fall_back(self, mode: str, what: str) -> None:
         log.info("the server does not search by %s: looking keys up by %s", what, mode)
@@ -189,7 +202,11 @@ class Lookup:
                 value = example.get(self.key_field)
                 key = natural_key(value) if self.natural else value
                 if isinstance(key, str) and wanted(key):
-                    found.setdefault(key, []).append(str(example.get("id")))
+                    ids = found.setdefault(key, [])
+                    # An example shown again (a cursor that slid) is not a copy of itself:
+                    # counted twice, its one copy would be deleted as an extra.
+                    if (id_ := str(example.get("id"))) not in ids:
+                        ids.append(id_)
             if cursor is None:
                 return found
 

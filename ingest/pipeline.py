@@ -301,6 +301,7 @@ class _Run:
                 key_field=c.lookup_field,
                 version=self.version,
                 natural=c.key_from is not None,
+                lag=c.settle_lag,
             )
             settler = Settler(
                 lookup=lookup,

@@ -207,6 +207,8 @@ class Settler:
         self._parked.append(_Parked(batch, tries))
         self._parked_bytes += size
         self._unsettled += 1
+        if tries.rounds:  # sent just now (not left by an earlier run): the read waits the lag
+            self._last_sent = anyio.current_time()
 
     @property
     def settled(self) -> bool:

@@ -3,10 +3,13 @@
 A ``Scenario`` is an input (rows, and lines the reader rejects) and the runs
 that upload it: each run resumes from what the journal says, batches the lines
 not yet dealt with, and meets an outcome per batch (done, unknown, halved after
-a refusal, rejected, left in flight) while several workers interleave their
-records; a run whose outcomes run out was killed. ``build`` writes it all through
-the real ``CheckpointJournal`` and keeps, for every record, the lines it settles.
-A new record type is one entry in ``OUTCOMES`` (and one in ``TEMPLATES``).
+a refusal, rejected, left in flight, or with row keys: looked up after an unknown
+outcome, some rows or all found present and the rest sent again as part ``+"r"``)
+while several workers interleave their records; a run whose outcomes run out was
+killed. ``build`` writes it all through the real ``CheckpointJournal`` and keeps,
+for every record, the lines it settles.
+A new outcome or record is one entry in ``OUTCOMES`` (a record also gets a sample
+in ``TEMPLATES``, and in test_recovery's ``SPANS`` if it settles lines).
 """
 
 from __future__ import annotations
@@ -65,10 +68,10 @@ def write_input(folder: str, lines: int, bad: frozenset[int]) -> Input:
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One journal record as the run writes it, and the lines it settles (if it does)."""
+    """One journal record as the run writes it, and the spans of lines it settles."""
 
     record: dict[str, Any]
-    settles: tuple[int, int] | None = None
+    settles: tuple[tuple[int, int], ...] = ()
     reject: Reject | None = None  # written with ``journal.reject``, so the rejects file has it
     durable: bool = False
 
@@ -81,13 +84,18 @@ class Piece:
     part: str
     first_line: int
     lines: tuple[int, ...]  # the lines of its rows
+    tail: int | None = None  # as Batch.tail: the last line, past its last row (Batch.only)
+
+    @property
+    def last(self) -> int:
+        return self.lines[-1] if self.tail is None else self.tail
 
     def span(self, inp: Input) -> dict[str, Any]:
         return {
             "seq": self.seq,
             "part": self.part,
-            "lines": [self.first_line, self.lines[-1]],
-            "bytes": [inp.starts[self.first_line], inp.ends[self.lines[-1]]],
+            "lines": [self.first_line, self.last],
+            "bytes": [inp.starts[self.first_line], inp.ends[self.last]],
         }
 
     def halves(self) -> tuple[Piece, Piece]:
@@ -95,7 +103,7 @@ class Piece:
         second = self.lines[mid - 1] + 1  # as Batch.split: the halves tile the whole's lines
         return (
             Piece(self.seq, self.part + "0", self.first_line, self.lines[:mid]),
-            Piece(self.seq, self.part + "1", second, self.lines[mid:]),
+            Piece(self.seq, self.part + "1", second, self.lines[mid:], self.tail),
         )
 
 
@@ -119,7 +127,7 @@ def sending(p: Piece, inp: Input) -> Step:
 def done(p: Piece, inp: Input, rows: int) -> Step:
     ids = [f"e{p.seq}.{p.part}.{i}" for i in range(rows)]
     record = {"t": "done", **p.span(inp), "rows": rows, "example_ids": ids}
-    return Step(record, settles=(p.first_line, p.lines[-1]))
+    return Step(record, settles=((p.first_line, p.last),))
 
 
 def unknown(p: Piece) -> Step:
@@ -129,7 +137,7 @@ def unknown(p: Piece) -> Step:
 def rejected(line: int, inp: Input, reason: str) -> Step:
     item = Reject(line, inp.starts[line], inp.ends[line], reason, b"x")
     record = {"t": "rejected", "line": line, "bytes": [item.start, item.end], "reason": reason}
-    return Step(record, settles=(line, line), reject=item)
+    return Step(record, settles=((line, line),), reject=item)
 
 
 def refused(p: Piece, inp: Input, tokens: Tokens) -> list[Step]:
@@ -145,8 +153,38 @@ def refused(p: Piece, inp: Input, tokens: Tokens) -> list[Step]:
     return steps
 
 
+def present(p: Piece, inp: Input, lines: tuple[int, ...]) -> Step:
+    """Rows a look-up found stored (Settler._present): the whole piece, or row by row."""
+    if lines == p.lines:
+        spans = [(p.first_line, p.last)]
+        wide = [[p.first_line, p.last, inp.starts[p.first_line], inp.ends[p.last]]]
+    else:
+        spans = [(n, n) for n in lines]
+        wide = [[n, n, inp.starts[n], inp.ends[n]] for n in lines]
+    record = {"t": "present", "seq": p.seq, "part": p.part, "spans": wide, "rows": len(lines)}
+    return Step(record, settles=tuple(spans))
+
+
+def deleted(p: Piece) -> Step:
+    """Extra copies of the piece's rows deleted (Settler._drop_extras): settles nothing."""
+    return Step({"t": "deleted", "seq": p.seq, "part": p.part, "ids": [f"x{p.seq}.{p.part}"]})
+
+
+def looked_up(p: Piece, inp: Input, tokens: Tokens) -> list[Step]:
+    """An unknown outcome looked up: every other row found present (none of a one-row
+    piece), and the missing ones sent again as ``part + "r"`` covering the whole piece's
+    lines (Batch.only), to meet an outcome of their own, or a kill before they go."""
+    found = p.lines[::2] if len(p.lines) > 1 else ()
+    steps = [unknown(p)] + ([present(p, inp, found)] if found else [])
+    missing = tuple(n for n in p.lines if n not in found)
+    rest = Piece(p.seq, p.part + "r", p.first_line, missing, p.last)
+    if (token := tokens.next()) is None:
+        return steps  # killed between the present record and the missing rows' send
+    return steps + deliver(rest, inp, token, tokens)
+
+
 # What can happen to a batch after its *sending* record, as the sender journals it.
-# A new record type is one more entry (and its ``Step.settles``, if it settles lines).
+# A new outcome is one more entry (and its records' ``Step.settles``, if they settle lines).
 OUTCOMES: dict[str, Callable[[Piece, Input, Tokens], list[Step]]] = {
     "done": lambda p, inp, _: [done(p, inp, len(p.lines))],
     "unknown_then_done": lambda p, inp, _: [unknown(p), done(p, inp, len(p.lines))],
@@ -154,6 +192,8 @@ OUTCOMES: dict[str, Callable[[Piece, Input, Tokens], list[Step]]] = {
     "in_flight": lambda _p, _inp, _: [],  # killed with the request out
     "refused": refused,
     "unknown_then_refused": lambda p, inp, t: [unknown(p), *refused(p, inp, t)],
+    "unknown_some_present": looked_up,
+    "unknown_all_present": lambda p, inp, _: [unknown(p), deleted(p), present(p, inp, p.lines)],
 }
 
 
@@ -267,8 +307,8 @@ def covered_lines(steps: list[Step]) -> set[int]:
     """The lines the steps' records settle: delivered or rejected."""
     out: set[int] = set()
     for step in steps:
-        if step.settles is not None:
-            out.update(range(step.settles[0], step.settles[1] + 1))
+        for first, last in step.settles:
+            out.update(range(first, last + 1))
     return out
 
 
@@ -361,6 +401,8 @@ TEMPLATES: list[dict[str, Any]] = [
         "example_ids": ["a", "b"],
     },
     {"t": "rejected", "line": 2, "bytes": [10, 20], "reason": "not JSON"},
+    {"t": "present", "seq": 0, "part": "", "spans": [[1, 1, 0, 10], [3, 3, 20, 30]], "rows": 2},
+    {"t": "deleted", "seq": 0, "part": "", "ids": ["a"]},
     {"t": "finished", "exit_code": 0},
 ]
 

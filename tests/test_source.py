@@ -14,7 +14,8 @@ import orjson
 import pytest
 
 from ingest.errors import SourceError
-from ingest.rows import Reject
+from ingest.keys import input_tag
+from ingest.rows import BOM, Reject
 from ingest.source import JsonlSource
 
 Row = tuple[int, int, bytes]  # line, end offset, raw bytes
@@ -329,3 +330,20 @@ def test_a_gzip_shorter_than_at_the_start_is_an_error(tmp_path: Path) -> None:
     error = rf"changed under the run: it had {had:,} bytes .* ends at byte {len(first):,}"
     source = JsonlSource(str(path), max_row_bytes=1 << 20, expected_size=had)
     assert read_until_error(source, error) == varied_rows(100).splitlines()
+
+
+def test_keyed_rows_carry_rowkeys_key_of_their_own_bytes(tmp_path: Path) -> None:
+    """The reader's keys are ``RowKeys.key`` of each row as written (CRLF, BOM and padding
+    aside, a CRC with leading zeros kept), spliced first and taken off again whole."""
+    rows = [b'{"i":0}', b'{"i":251}', b'{"i":2}']  # crc32 of {"i":251} is 0x001c3cc3
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(BOM + b"  " + rows[0] + b"\r\n\r\n" + rows[1] + b"\r\n\t" + rows[2] + b" \r\n")
+    with JsonlSource(str(path), max_row_bytes=1 << 20, key_field="ingest_key") as source:
+        chunk = source.read_chunk()
+        keys = source.keys
+    assert keys is not None and keys.tag == input_tag(b'{"i":0}')
+    assert chunk.lines == [1, 3, 4]
+    assert chunk.keys == [keys.key(n, r) for n, r in zip(chunk.lines, rows, strict=True)]
+    assert chunk.keys[1].endswith("-000000000003-001c3cc3")
+    assert [keys.unspliced(r, k) for r, k in zip(chunk.rows, chunk.keys, strict=True)] == rows
+    assert [orjson.loads(r)["ingest_key"] for r in chunk.rows] == chunk.keys
