@@ -98,7 +98,9 @@ class Lookup:
     def note_stored(self, keys: Iterable[str], lo: str, hi: str) -> None:
         """Remember a few keys the server confirmed stored: the check of a range search."""
         if self._known is None:
-            self._known = (list(keys)[:3], lo, hi)
+            held = list(keys)
+            # Both ends of the range: a server that gets either bound wrong fails the check.
+            self._known = (held[:2] + held[-1:] if len(held) > 2 else held, lo, hi)
             self._known_at = anyio.current_time()
 
     async def keys(self, keys: tuple[str, ...], lo: str, hi: str) -> Found | None:

@@ -104,6 +104,9 @@ class JournalState:
     # a server that 500s on everything would reject a few more good rows.
     server_error_streak: int = 0
     finished: dict[str, Any] | None = None
+    # The field the last run looked rows up by (its start record's "keys"): None for a
+    # --no-key run, "" when no run said (journals written before keys).
+    keys: str | None = ""
     # Per run, in order: unknown outcomes it resent, and batches it resent as in flight.
     runs: list[RunResends] = field(default_factory=list)
     unknown_lines: list[tuple[int, int]] = field(default_factory=list)
@@ -138,6 +141,8 @@ class JournalState:
             self.fingerprint = {**self.fingerprint, "input": rec["input"]}
         elif kind == "start":
             self.attempts += 1
+            if "keys" in rec:
+                self.keys = rec["keys"] if isinstance(rec["keys"], str) else None
             resent = outermost(rec.get("resent_in_flight") or [], lambda r: (r[2], r[3]))
             self.resent_lines += [(r[2], r[3]) for r in resent]
             self.runs.append(RunResends(in_flight_resent=len(resent)))

@@ -217,7 +217,12 @@ class Sender:
         raise BaseUrlError(
             f"{batch.name}: {reply.not_the_api('JSON with one example id per row', got)}. "
             "Whether its rows were stored is unknown: they are not counted as delivered, "
-            "and re-running the same command sends them again (they may then be duplicated)"
+            + (
+                "and re-running the same command looks them up before sending what is missing"
+                if self._settler is not None
+                else "and re-running the same command sends them again (they may then be "
+                "duplicated)"
+            )
         )
 
     async def _unknown(self, batch: Batch, cause: str) -> None:

@@ -192,3 +192,19 @@ async def test_an_input_changed_other_than_by_growing_is_still_refused(
     cut.write_bytes(b'{"i": 1}\n{"i": 2, "more": true}\n')
     with pytest.raises(ingest.CheckpointError, match="--restart"):
         await ingest.upload(api_key=fake.api_key, **run2)
+
+
+async def test_a_resume_by_another_key_field_than_the_batches_in_flight_is_refused(
+    fake: Any, tmp_path: Path
+) -> None:
+    """Batches left in flight are looked up by the field they were keyed by, or not at all."""
+    write_rows(tmp_path / "rows.jsonl", 200)
+    run = settings(fake, tmp_path, checkpoint=str(tmp_path / "run.ckpt"), max_attempts=1)
+    fake.state.faults.fail_rate = 1.0
+    with pytest.raises(ingest.RetriesExhaustedError):
+        await ingest.upload(api_key=fake.api_key, **run)
+    fake.state.faults.fail_rate = 0.0
+    with pytest.raises(ingest.ConfigError, match="keyed its rows by the field 'ingest_key'"):
+        await ingest.upload(api_key=fake.api_key, **{**run, "key_field_name": "other"})
+    done = await ingest.upload(api_key=fake.api_key, **{**run, "max_attempts": 8})
+    assert (done.exit_code, fake.state.example_count(fake.dataset_id)) == (0, 200)
