@@ -202,7 +202,7 @@ async def test_a_2xx_that_is_not_the_apis_answer_is_an_unknown_outcome(
             await ingest.upload(**settings(url, tmp_path, concurrency=1))
     message = str(info.value)
     assert f"{url}/v2/datasets/" in message and shown in message
-    assert "check --base-url" in message and "may then be duplicated" in message
+    assert "check --base-url" in message and "looks them up before sending" in message
     assert info.value.exit_code == 5 and info.value.summary.rows_delivered == 0
     assert posts == 1
     state = read_journal(str(tmp_path / "run.ckpt"))
