@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -24,6 +25,8 @@ import orjson
 import pytest
 from fakeproc import fake_process
 from test_cli import DATASET, KEY, ingest_cmd, list_all, run_ingest, write_rows
+
+from ingest.checkpoint import read_journal
 
 Stats = dict[str, Any]
 STALL_AT = 5  # the commit, counted from a run's first, whose answer stalls
@@ -85,6 +88,7 @@ class Moment:
     name: str
     faults: dict[str, Any]
     steps: tuple[Callable[[Stats, Stats], bool], ...]
+    copies: bool = False  # first store extra copies of rows of batches left in flight
 
 
 def posting(s: Stats) -> int:
@@ -113,6 +117,13 @@ MOMENTS = (
         "between a commit and its answer",
         {"stall_after_commit_at": STALL_AT},  # counted from this run's first commit
         (lambda b, s: s["stalls"] > b["stalls"] and s["stalled_now"] > b["stalled_now"],),
+    ),
+    # The copies stand for commits that showed in a search only after a look-up's lag.
+    Moment(
+        "while deleting extra copies",
+        {"latency": 0.1},
+        (lambda b, s: s["deletes"] > b["deletes"],),
+        copies=True,
     ),
     Moment(
         "while settling unknown batches",
@@ -144,15 +155,37 @@ def server() -> Iterator[str]:
         yield url
 
 
-def kill_at(url: str, cmd: list[str], moment: Moment, log: Path) -> None:
+def store_copies(url: str, checkpoint: Path) -> int:
+    """POST a second copy of each stored row of the batches the journal has in flight."""
+    state = read_journal(str(checkpoint))
+    lines = {n for r in state.in_flight for n in range(r["lines"][0], r["lines"][1] + 1)}
+    copies = [
+        {k: v for k, v in ex.items() if k not in ("id", "created_at", "updated_at")}
+        for ex in list_all(url, DATASET)
+        if ex["i"] + 1 in lines  # line = i + 1
+    ]
+    if copies:
+        req = urllib.request.Request(
+            f"{url}/v2/datasets/{urllib.parse.quote(DATASET, safe='')}/examples",
+            data=orjson.dumps({"examples": copies}),
+            headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status < 300
+    return len(copies)
+
+
+def kill_at(url: str, cmd: list[str], moment: Moment, tmp_path: Path) -> None:
     """Start ``cmd``, wait for ``moment``, SIGKILL it; fail if it ended first."""
     assert wait_until(url, drained) is not None, "a killed run's POST never reached its end"
+    if moment.copies:
+        assert store_copies(url, tmp_path / "run.ckpt") > 0, "no stored row is left in flight"
     before = stats(url)
     faults = {**QUIET, **moment.faults}
     if moment.faults.get("stall_after_commit_at"):
         faults["stall_after_commit_at"] = [before["commits"] + STALL_AT]
     set_faults(url, **faults)
-    with log.open("ab") as out:
+    with (tmp_path / "runs.log").open("ab") as out:
         proc = subprocess.Popen(
             cmd,
             env={**os.environ, "ARIZE_API_KEY": KEY},
@@ -194,9 +227,8 @@ def kill_and_resume(
         "--json",
         *extra,
     )
-    log = tmp_path / "runs.log"
     for k in range(kills):
-        kill_at(url, cmd, moments[k % len(moments)], log)
+        kill_at(url, cmd, moments[k % len(moments)], tmp_path)
     assert wait_until(url, drained) is not None
     done = run_ingest(cmd, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -205,7 +237,7 @@ def kill_and_resume(
 
 
 def test_ten_kills_with_keys_leave_every_row_exactly_once(server: str, tmp_path: Path) -> None:
-    """Killed ten times at each server-pointed moment in turn and resumed, each row lands once."""
+    """Killed ten times, at each server-pointed moment in turn, and resumed: each row lands once."""
     rows = 3000
     counts, summary = kill_and_resume(tmp_path, server, rows, MOMENTS, 10)
     assert set(counts) == set(range(rows))
