@@ -163,6 +163,16 @@ class Lookup:
         # A natural key is its value's JSON text: a string literal, or the number as is.
         return quote_text(orjson.loads(key)) if key.startswith('"') else key
 
+    async def in_range(self, lo: str, hi: str) -> Found | None:
+        """Every example with a key in ``lo <= key < hi``; None where ranges cannot be used."""
+        if self.mode != "range" or not await self._range_works():
+            return None
+        try:
+            return await self._pages(self._range(lo, hi), lambda key: True)
+        except FilterRefused:
+            self._fall_back("list", "a range filter")
+            return None
+
     async def scan(self, wanted: Callable[[str], bool]) -> Found:
         """Read the whole dataset once; the examples whose key ``wanted`` accepts."""
         return await self._pages(None, wanted)

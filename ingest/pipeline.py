@@ -325,6 +325,7 @@ class _Run:
                 keys=lambda: source.keys,
                 lag=c.settle_lag,
                 maybe_present=merge_spans([tuple(r["lines"]) for r in self.state.in_flight]),
+                earlier_recheck=dict(self.state.recheck),
             )
         sender = Sender(
             append=client.append,

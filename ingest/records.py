@@ -10,6 +10,7 @@ in the order they can come:
     Present   looked up after an unknown outcome: the spans of its rows found stored
     Deleted   extra copies of its rows, deleted
     Done      stored (the ``example_ids``), or 0 rows for a batch whose row was rejected
+    Checked   the second look at rows sent after a look-up (``Done.recheck``) is made
 
 ``Start`` opens each run, ``Finished`` closes a run after which every line is dealt with.
 """
@@ -80,9 +81,12 @@ class Done(Record):
     bytes: list[int]
     rows: int
     example_ids: list[Any] = field(default_factory=list)
+    # Rows sent after a look-up found them missing: a commit that was not visible yet
+    # may have left a copy, so they are looked at once more (``Checked`` when done).
+    recheck: bool = False
 
     @classmethod
-    def of(cls, batch: Batch, rows: int, example_ids: list[Any]) -> Done:
+    def of(cls, batch: Batch, rows: int, example_ids: list[Any], recheck: bool = False) -> Done:
         """The record of ``batch`` dealt with."""
         return cls(
             batch.seq,
@@ -91,6 +95,7 @@ class Done(Record):
             [batch.start, batch.end],
             rows,
             example_ids,
+            recheck,
         )
 
 
@@ -132,6 +137,15 @@ class Deleted(Record):
     seq: int
     part: str
     ids: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Checked(Record):
+    """A batch's resent rows were looked at once more, and any copy deleted."""
+
+    KIND: ClassVar[str] = "checked"
+    seq: int
+    part: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -107,6 +107,9 @@ class JournalState:
     # The field the last run looked rows up by (its start record's "keys"): None for a
     # --no-key run, "" when no run said (journals written before keys).
     keys: str | None = ""
+    # Batches whose rows were sent after a look-up and not yet looked at again:
+    # (seq, part) -> (first line, last line).
+    recheck: dict[tuple[int, str], tuple[int, int]] = field(default_factory=dict)
     # Per run, in order: unknown outcomes it resent, and batches it resent as in flight.
     runs: list[RunResends] = field(default_factory=list)
     unknown_lines: list[tuple[int, int]] = field(default_factory=list)
@@ -174,12 +177,16 @@ class JournalState:
             self.done_batches += 1
             if rec["rows"] > 0:  # a reject's own done record has 0 rows
                 self.server_error_streak = 0
+            if rec.get("recheck") is True:
+                self.recheck[(rec["seq"], rec["part"])] = (first, last)
         elif kind == "present":
             for first, last, start, end in rec["spans"]:
                 self.covered.add(first, last, start, end)
             self.delivered_rows += rec["rows"]
             self.present_rows += rec["rows"]
             self.server_error_streak = 0
+        elif kind == "checked":
+            self.recheck.pop((rec["seq"], rec["part"]), None)
         elif kind == "deleted":
             self.deleted_copies += len(rec["ids"])
         elif kind == "finished":
@@ -328,6 +335,7 @@ _FIELDS = {
     "done": ("seq", "part", "lines", "bytes", "rows"),
     "present": ("seq", "part", "spans", "rows"),
     "deleted": ("seq", "part", "ids"),
+    "checked": ("seq", "part"),
 }
 
 

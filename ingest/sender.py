@@ -136,7 +136,8 @@ class Sender:
             return
         if classify(reply.status) is Action.DELIVERED:
             self._server_error_rejects = self._server_error_rejects_before = 0
-            await self._done(batch, len(batch.rows), await self._example_ids(batch, reply))
+            ids = await self._example_ids(batch, reply)
+            await self._done(batch, len(batch.rows), ids, recheck=tries is not None)
             self._stats.rows_delivered += len(batch.rows)
             self._stats.batches += 1
             if self._settler is not None:
@@ -229,9 +230,11 @@ class Sender:
         """Journal that ``batch`` may have been stored (an answer that hides the outcome)."""
         await self._journal.write(Unknown(batch.seq, batch.part, cause), durable=False)
 
-    async def _done(self, batch: Batch, rows: int, example_ids: list[Any]) -> None:
+    async def _done(
+        self, batch: Batch, rows: int, example_ids: list[Any], *, recheck: bool = False
+    ) -> None:
         # Nothing waits on it; the next *sending* record's fsync carries it.
-        await self._journal.write(Done.of(batch, rows, example_ids), durable=False)
+        await self._journal.write(Done.of(batch, rows, example_ids, recheck), durable=False)
 
     async def post(self, batch: Batch) -> Reply:
         """POST the batch until a 2xx or a refusal of its rows; raise when that cannot be."""

@@ -29,7 +29,7 @@ from ingest.checkpoint import CheckpointJournal
 from ingest.errors import RetriesExhaustedError
 from ingest.keys import RowKeys
 from ingest.lookup import Found, Lookup
-from ingest.records import Deleted, Present
+from ingest.records import Checked, Deleted, Present
 from ingest.replay import merge_spans
 from ingest.report import RunStats
 
@@ -90,6 +90,9 @@ class Settler:
     _parked_bytes: int = 0
     _unsettled: int = 0  # parked batches not yet resolved (a failure halfway leaves them)
     _recheck: list[Batch] = field(default_factory=list)
+    # Earlier runs' batches sent after a look-up, whose second look a stop or kill
+    # prevented: (seq, part) -> lines. Looked at by their lines' key range.
+    earlier_recheck: dict[tuple[int, str], tuple[int, int]] = field(default_factory=dict)
     _last_sent: float = 0.0
 
     def left_unsettled(self, batch: Batch) -> bool:
@@ -170,16 +173,20 @@ class Settler:
         return policy.gives_up(attempts=tries.rounds, elapsed=elapsed, wait=0.0)
 
     async def _drop_extras(self, batch: Batch, found: Found) -> None:
-        extras = [i for key in batch.keys for i in found.get(key, ())[1:]]
+        mine = {key: found[key] for key in batch.keys if key in found}
+        await self._delete_copies(batch.seq, batch.part, mine, batch.name)
+        for key, ids in mine.items():
+            found[key] = ids[:1]
+
+    async def _delete_copies(self, seq: int, part: str, found: Found, name: str = "") -> None:
+        """Delete every copy of a key in ``found`` but the earliest, and journal it."""
+        extras = [i for ids in found.values() for i in ids[1:]]
         if not extras:
             return
         deleted = await self.lookup.delete(extras)
         self.stats.rows_deleted += deleted
-        log.info("%s: deleted %d extra copies of its rows", batch.name, deleted)
-        await self.journal.write(Deleted(batch.seq, batch.part, extras), durable=False)
-        for key in batch.keys:
-            if key in found:
-                found[key] = found[key][:1]
+        log.info("%s: deleted %d extra copies of its rows", name or f"batch {seq}", deleted)
+        await self.journal.write(Deleted(seq, part, extras), durable=False)
 
     async def _present(self, batch: Batch, missing: list[int], present: int) -> None:
         """Journal the rows found stored, so no later run sends them again."""
@@ -213,7 +220,7 @@ class Settler:
     @property
     def settled(self) -> bool:
         """Whether no batch waits for a look-up, and no resent rows for their second look."""
-        return self._unsettled == 0 and not self._recheck
+        return self._unsettled == 0 and not self._recheck and not self.earlier_recheck
 
     async def finish(self) -> None:
         """Settle what waited for a read of the dataset; then look again where rows were resent."""
@@ -233,6 +240,7 @@ class Settler:
                 f"{_FINISH_ROUNDS} reads of the dataset; re-run the same command to settle them"
             )
         await self._recheck_resent()
+        await self._recheck_earlier()
 
     async def _recheck_resent(self) -> None:
         if not self._recheck:
@@ -248,7 +256,45 @@ class Settler:
                 lo, hi = self._bounds(batch)
                 if (again := await self.lookup.keys(batch.keys, lo, hi)) is not None:
                     await self._drop_extras(batch, again)
+        for batch in batches:
+            await self.journal.write(Checked(batch.seq, batch.part), durable=False)
         self._recheck = []  # only once all are checked: a failure halfway is not settled
+
+    async def _recheck_earlier(self) -> None:
+        """Look again at rows earlier runs sent after a look-up, where they could not."""
+        keys = self.keys()
+        if not self.earlier_recheck or keys is None or self.lookup.natural:
+            return  # natural keys are found by value only: `ingest verify` checks those
+        spans = self.earlier_recheck
+        by_range: dict[tuple[int, str], Found] = {}
+        for name, (first, last) in spans.items():
+            found = await self.lookup.in_range(*keys.bounds(first, last))
+            if found is None:
+                break
+            by_range[name] = found
+        if len(by_range) < len(spans):  # no range searches: one read of the dataset
+            tag = keys.tag
+
+            def wanted(key: str) -> bool:
+                parts = keys.parse(key)
+                return (
+                    parts is not None
+                    and parts.tag == tag
+                    and any(a <= parts.line <= b for a, b in spans.values())
+                )
+
+            self.stats.lookups += 1
+            every = await self.lookup.scan(wanted)
+            for name, (first, last) in spans.items():
+                by_range[name] = {
+                    k: ids
+                    for k, ids in every.items()
+                    if (p := keys.parse(k)) is not None and first <= p.line <= last
+                }
+        for (seq, part), found in by_range.items():
+            await self._delete_copies(seq, part, found)
+            await self.journal.write(Checked(seq, part), durable=False)
+        self.earlier_recheck = {}
 
     async def _lag_passed(self) -> None:
         left = self._last_sent + self.lag - anyio.current_time()

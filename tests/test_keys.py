@@ -208,3 +208,30 @@ async def test_a_resume_by_another_key_field_than_the_batches_in_flight_is_refus
         await ingest.upload(api_key=fake.api_key, **{**run, "key_field_name": "other"})
     done = await ingest.upload(api_key=fake.api_key, **{**run, "max_attempts": 8})
     assert (done.exit_code, fake.state.example_count(fake.dataset_id)) == (0, 200)
+
+
+async def test_a_second_look_a_kill_prevented_is_made_by_the_next_run(
+    fake: Any, tmp_path: Path
+) -> None:
+    """Rows resent after a look-up and never looked at again are checked by the next run."""
+    write_rows(tmp_path / "rows.jsonl", 200)
+    run = settings(fake, tmp_path, checkpoint=str(tmp_path / "run.ckpt"), batch_rows=50)
+    assert (await ingest.upload(api_key=fake.api_key, **run)).exit_code == 0
+    # As a kill leaves it: batch 1 was sent after a look-up, and a late commit of its
+    # first send shows now, a second copy of each of its rows.
+    journal = tmp_path / "run.ckpt"
+    records = [orjson.loads(line) for line in journal.read_bytes().splitlines()]
+    kept = [r for r in records if r["t"] != "finished"]
+    for record in kept:
+        if record["t"] == "done" and record["seq"] == 1:
+            record["recheck"] = True
+    journal.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in kept))
+    dataset = fake.state.datasets[fake.dataset_id]
+    copies = fake.state.raw_examples(fake.dataset_id)[50:100]
+    fake.state.append(dataset, dataset.versions[0], copies)
+    assert fake.state.example_count(fake.dataset_id) == 250
+    again = await ingest.upload(api_key=fake.api_key, **run)
+    assert (again.status, again.rows_deleted) == ("complete", 50)
+    assert sorted(e["i"] for e in fake.state.examples(fake.dataset_id)) == list(range(200))
+    assert b'"t":"checked","seq":1' in journal.read_bytes()
+    assert (await ingest.upload(api_key=fake.api_key, **run)).status == "already-complete"
