@@ -299,6 +299,9 @@ async def test_search_with_a_bad_filter_gets_400(
         ("missing = null", [0, 1, 2]),
         ("flag = true", [0]),
         ("n > 'x'", []),
+        ("topic = 'algebra' OR topic = 'geometry' OR topic = 'x'", [0, 1]),
+        ("topic = 'algebra!' OR n = 0 OR meta.lang = 'fr'", [0, 1, 2]),
+        ("n = '0' OR n = '1'", []),
     ],
 )
 def test_filter_language(query: str, expected: list[int]) -> None:
