@@ -11,6 +11,7 @@ SIGKILLs, is in `make bench`.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import pytest
 
 import ingest
 from ingest.fake import Faults
+from ingest.fake.injected import Counters
 
 ROWS = 1500
 SEEDS = (1, 2, 3)
@@ -53,6 +55,21 @@ CASES["all-at-once"] = {
     "outage_seconds": 0.2,
     "outage_after_requests": 12,
     "search_filters": False,
+}
+
+
+# What shows that the fault struck in the run, so that no case passes by missing it.
+STRUCK: dict[str, Callable[[Counters, ingest.Summary], bool]] = {
+    "commit-then-503": lambda c, s: s.rows_present > 0,
+    "commit-then-drop": lambda c, s: c.drops > 0 and s.rows_present > 0,
+    "commit-then-stall": lambda c, s: c.stalls > 0 and s.retries.get("timeout", 0) > 0,
+    "503-before-commit": lambda c, s: s.retries.get("5xx", 0) > 0,
+    "429-storm-seconds": lambda c, s: c.storm_refusals > 0,
+    "429-storm-http-date": lambda c, s: c.storm_refusals > 0,
+    "500-over-body-size": lambda c, s: s.retries.get("split", 0) > 0,
+    "outage-mid-run": lambda c, s: c.outage_refusals > 0,
+    "search-filters-off": lambda c, s: s.rows_present > 0,
+    "all-at-once": lambda c, s: c.storm_refusals * c.outage_refusals * s.rows_present > 0,
 }
 
 
@@ -97,3 +114,4 @@ async def test_every_row_lands_exactly_once_under_the_fault(
         summary.rows_delivered + summary.rows_rejected + summary.rows_pending
     )
     assert summary.rows_read + summary.rows_skipped == ROWS
+    assert STRUCK[case](fake.state.counters, summary), f"the fault did not strike: {summary}"
