@@ -234,7 +234,12 @@ def settle_cost(tmp: Path) -> None:
     results = []
     try:
         for dataset, filters in zip(datasets, (True, False), strict=True):
-            prefill = finish(ingest_run(config, other, url, dataset, tmp / f"p{filters}.ckpt"))
+            # This fake scans its whole dataset for a search, as a server without an index
+            # would: slower than 2 s on a busy box, so the timeout is the default here.
+            slow = ["--request-timeout", "60"]
+            prefill = finish(
+                [*ingest_run(config, other, url, dataset, tmp / f"p{filters}.ckpt"), *slow]
+            )
             assert prefill["exit"] == 0, prefill
             http(
                 f"{url}/_fake/faults",
@@ -245,6 +250,7 @@ def settle_cost(tmp: Path) -> None:
             run = finish(
                 [
                     *ingest_run(config, small, url, dataset, tmp / f"s{filters}.ckpt"),
+                    *slow,
                     "--batch-rows",
                     "500",
                 ]
