@@ -2,11 +2,14 @@
 
 Starts the fake server in its own process, writes a sample (BENCH_ROWS rows,
 default 200,000), then uploads it with each client in turn (each into a fresh
-dataset), alternating for BENCH_ROUNDS rounds. Prints rows/s, the ratio of
-ingest to the bare uploader (and to the official SDK, when installed), and each
-client's peak RSS; then peak RSS of ingest at 5x the rows, to show memory stays
-flat. Ratios are what to quote:
-the machines are shared and absolute times are noisy.
+dataset), alternating for BENCH_ROUNDS rounds: the bare uploader, ingest with
+row keys (the default) and ingest with `--no-key`. Prints rows/s, the ratio of
+ingest to the bare uploader (and to the official SDK, when installed), of keys
+to no keys, and each client's peak RSS; then peak RSS of ingest at 5x the rows,
+to show memory stays flat. Ratios are what to quote: the machines are shared
+and absolute times are noisy. Then the exactly-once scenarios of
+`bench/exactly_once.py` (every fault and kills; the cost of settling);
+BENCH_ONLY=throughput|faults|settle runs one part.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import exactly_once
 import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,24 +80,34 @@ def ingest_cmd(sample: Path, url: str, dataset: str, checkpoint: Path) -> list[s
     ]  # fmt: skip
 
 
+CLIENTS = ("bare", "ingest", "no-key")
+
+
 def held(url: str, dataset: str) -> int:
     with urllib.request.urlopen(f"{url}/_fake/stats", timeout=30) as resp:
         return int(orjson.loads(resp.read())["datasets"].get(dataset, 0))
 
 
 def main() -> None:
+    only = os.environ.get("BENCH_ONLY", "")
+    if only in ("", "throughput"):
+        throughput()
+    exactly_once.main()
+
+
+def throughput() -> None:
     # Ids as Arize makes them (base64 of "Dataset:N:..."): the SDK tells ids from names so.
     datasets = [
-        base64.b64encode(f"Dataset:{i}:bench".encode()).decode() for i in range(2 * ROUNDS + 2)
+        base64.b64encode(f"Dataset:{i}:bench".encode()).decode() for i in range(3 * ROUNDS + 2)
     ]
     server, url = start_server(datasets)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             sample = Path(tmp) / "sample.jsonl"
             write_sample(sample, ROWS)
-            results: dict[str, list[tuple[float, int]]] = {"bare": [], "ingest": []}
+            results: dict[str, list[tuple[float, int]]] = {name: [] for name in CLIENTS}
             for r in range(ROUNDS):
-                bare_ds, ingest_ds = datasets[2 * r], datasets[2 * r + 1]
+                bare_ds, ingest_ds, no_key_ds = datasets[3 * r : 3 * r + 3]
                 results["bare"].append(
                     timed(
                         [sys.executable, str(ROOT / "bench" / "bare.py"), str(sample), url, bare_ds]
@@ -102,7 +116,12 @@ def main() -> None:
                 results["ingest"].append(
                     timed(ingest_cmd(sample, url, ingest_ds, Path(tmp) / f"r{r}.ckpt"))
                 )
-                for ds in (bare_ds, ingest_ds):
+                results["no-key"].append(
+                    timed(
+                        [*ingest_cmd(sample, url, no_key_ds, Path(tmp) / f"n{r}.ckpt"), "--no-key"]
+                    )
+                )
+                for ds in (bare_ds, ingest_ds, no_key_ds):
                     assert held(url, ds) == ROWS, f"{ds} holds {held(url, ds)} rows, not {ROWS}"
             print(f"{ROWS:,} rows, {ROUNDS} alternating rounds, fake server in its own process")
             best = {}
@@ -111,8 +130,11 @@ def main() -> None:
                 rss = max(m for _, m in runs)
                 print(f"  {name:7} best {ROWS / best[name]:>10,.0f} rows/s   peak RSS {rss} MiB")
             print(f"  ingest / bare throughput: {best['bare'] / best['ingest']:.2f}")
+            print(
+                f"  ingest with keys / --no-key throughput: {best['no-key'] / best['ingest']:.2f}"
+            )
             if importlib.util.find_spec("arize") is not None:
-                sdk_ds = datasets[2 * ROUNDS]
+                sdk_ds = datasets[3 * ROUNDS]
                 sdk_time, sdk_rss = timed(
                     [sys.executable, str(ROOT / "bench" / "sdk.py"), str(sample), url, sdk_ds]
                 )

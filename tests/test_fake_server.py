@@ -299,6 +299,9 @@ async def test_search_with_a_bad_filter_gets_400(
         ("missing = null", [0, 1, 2]),
         ("flag = true", [0]),
         ("n > 'x'", []),
+        ("topic = 'algebra' OR topic = 'geometry' OR topic = 'x'", [0, 1]),
+        ("topic = 'algebra!' OR n = 0 OR meta.lang = 'fr'", [0, 1, 2]),
+        ("n = '0' OR n = '1'", []),
     ],
 )
 def test_filter_language(query: str, expected: list[int]) -> None:
@@ -899,7 +902,7 @@ async def test_search_selects_a_key_range_on_strings_and_quoted_fields(
 async def test_counters_count_searches_deletes_and_answers(
     fake: FakeService, http: aiohttp.ClientSession
 ) -> None:
-    """/_fake/stats counts commits, POSTs answered, searches and deletes."""
+    """/_fake/stats counts commits, POSTs answered, searches (and what they answered), deletes."""
     _, body = await post_examples(http, fake.dataset_id, [{"a": 1}, {"a": 2}])
     path = examples_path(fake.dataset_id)
     async with http.post(path + "/search", json={"filter": "a = 1"}):
@@ -908,10 +911,12 @@ async def test_counters_count_searches_deletes_and_answers(
     async with http.delete(path, json=request):
         pass
     stats = await fake_stats(fake.url)
-    assert {k: stats[k] for k in ("commits", "posts_answered", "searches", "deletes")} == {
+    names = ("commits", "posts_answered", "searches", "searched_examples", "deletes")
+    assert {k: stats[k] for k in names} == {
         "commits": 1,
         "posts_answered": 1,
         "searches": 1,
+        "searched_examples": 1,
         "deletes": 1,
     }
     assert stats["v2_requests"] == 3

@@ -23,6 +23,7 @@ from aiohttp import web
 from ingest.fake.filters import FilterError, compile_filter
 from ingest.fake.injected import (
     STALL_RELEASE,
+    Counters,
     Dropped,
     after_commit,
     close_connection,
@@ -275,12 +276,18 @@ async def _insert_examples(request: web.Request) -> web.Response:
 
 
 def _examples_page(
-    dataset: Dataset, start: int, limit: int, keep: Callable[[int], bool] | None
+    dataset: Dataset,
+    start: int,
+    limit: int,
+    keep: Callable[[int], bool] | None,
+    searched: Counters | None = None,
 ) -> web.Response:
     rows = dataset.rows
     live = rows.live_rows(start)
     picked = list(itertools.islice(live if keep is None else filter(keep, live), limit + 1))
     more = picked[limit - 1] + 1 if len(picked) > limit else None
+    if searched is not None:
+        searched.searched_examples += min(len(picked), limit)
     pagination = orjson.dumps(_pagination("row", more))
     items = b",".join(rows.render(row) for row in picked[:limit])
     body = b'{"examples":[' + items + b'],"pagination":' + pagination + b"}"
@@ -298,8 +305,9 @@ async def _list_examples(request: web.Request) -> web.Response:
 async def _search_examples(request: web.Request) -> web.Response:
     dataset = _dataset(request)
     raw = await _raw_body(request)
+    counters = request.app[STATE].counters
     if not raw.strip():
-        return _examples_page(dataset, 0, DEFAULT_PAGE, None)
+        return _examples_page(dataset, 0, DEFAULT_PAGE, None, counters)
     body = Body(raw)
     _version(dataset, optional_str(body, "dataset_version_id"))
     limit = limit_value(body.get("limit"), default=DEFAULT_PAGE, maximum=EXAMPLES_PAGE_MAX)
@@ -310,7 +318,7 @@ async def _search_examples(request: web.Request) -> web.Response:
             raise Problem(400, "this server does not support `filter`; search without one")
         text = None
     if text is None:
-        return _examples_page(dataset, start, limit, None)
+        return _examples_page(dataset, start, limit, None, counters)
     try:
         predicate = compile_filter(text)
     except FilterError as exc:
@@ -322,7 +330,7 @@ async def _search_examples(request: web.Request) -> web.Response:
         record["id"] = rows.example_id(row)
         return predicate(record)
 
-    return _examples_page(dataset, start, limit, keep)
+    return _examples_page(dataset, start, limit, keep, counters)
 
 
 async def _update_examples(request: web.Request) -> web.Response:

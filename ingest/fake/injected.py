@@ -50,6 +50,8 @@ class Counters:
     """POST examples answered with an HTTP response, of any status."""
     searches: int = 0
     """POST examples/search requests received."""
+    searched_examples: int = 0
+    """Examples the searches answered with: what a client read back to settle."""
     deletes: int = 0
     """DELETE examples requests received."""
     drops: int = 0
