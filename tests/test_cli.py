@@ -187,7 +187,7 @@ def test_checkpoint_in_use_and_of_another_input_are_refused(server: str, tmp_pat
     assert busy.returncode == 2 and "in use" in busy.stderr
 
     assert run_ingest(ingest_cmd(tmp_path, server)).returncode == 0
-    write_rows(tmp_path / "rows.jsonl", 11)
+    (tmp_path / "rows.jsonl").write_bytes(b'{"other": 1}\n' * 11)  # not a mere growth
     changed = run_ingest(ingest_cmd(tmp_path, server))
     assert changed.returncode == 2 and "--restart" in changed.stderr
     restarted = run_ingest(ingest_cmd(tmp_path, server, "--restart"))
