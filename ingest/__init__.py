@@ -23,7 +23,8 @@ from ingest.errors import (
 )
 from ingest.pipeline import upload
 from ingest.report import Summary
-from ingest.verify import RepairPlan, VerifyReport, verify
+from ingest.verify import verify
+from ingest.verify_report import RepairPlan, VerifyReport
 
 __version__ = _version("ingest")
 

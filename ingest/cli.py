@@ -29,7 +29,8 @@ from ingest.pipeline import EXIT_INTERRUPTED, upload
 from ingest.redact import RedactFilter, redact
 from ingest.replay import RunResends
 from ingest.report import Summary
-from ingest.verify import RepairPlan, verify
+from ingest.verify import verify
+from ingest.verify_report import ask_on_terminal
 
 log = logging.getLogger("ingest")
 
@@ -424,7 +425,7 @@ def _verify(args: argparse.Namespace) -> int:
                     "--repair deletes examples, and there is no terminal to ask on: "
                     "pass --yes to repair without asking"
                 )
-            confirm = _ask
+            confirm = ask_on_terminal
         toml = load_toml(args.config) if args.config else {}
         overrides = {key: getattr(args, key) for key in _VERIFY_FLAGS}
         config = build_config(toml, overrides, source=args.config or "flags")
@@ -442,19 +443,3 @@ def _verify(args: argparse.Namespace) -> int:
     else:
         print(report.to_text())  # noqa: T201
     return report.exit_code
-
-
-def _ask(plan: RepairPlan) -> bool:
-    """Show what a repair will do and ask on the terminal; only "y" or "yes" goes ahead."""
-    # On stderr: stdout is for the report (its --json object alone).
-    if plan.delete:
-        sys.stderr.write(
-            f"will delete {plan.delete:,} extra copies (keeping the earliest of each row); "
-            f"first ids: {', '.join(plan.delete_ids)}\n"
-        )
-    if plan.send:
-        lines = ", ".join(map(str, plan.send_lines))
-        sys.stderr.write(f"will send {plan.send:,} missing rows; first lines: {lines}\n")
-    sys.stderr.write(f"Delete {plan.delete} extra copies and send {plan.send} missing rows? [y/N] ")
-    sys.stderr.flush()
-    return sys.stdin.readline().strip().lower() in ("y", "yes")

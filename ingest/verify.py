@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -44,82 +44,14 @@ from ingest.replay import read_journal
 from ingest.report import RunStats
 from ingest.retry import Action, RetryPolicy, classify
 from ingest.source import JsonlSource
+from ingest.verify_report import SHOWN, RepairPlan, VerifyReport
 
 log = logging.getLogger("ingest")
 
 EXIT_BALANCED = 0
 EXIT_UNBALANCED = UnbalancedError.exit_code
-_SHOWN = 10  # lines and ids named in a report
 _CONFIRM = 200  # keys a range search missed that are looked up again one by one
 _REPAIR_ROUNDS = 3  # repair, then read again: a late commit may still show up as a copy
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RepairPlan:
-    """What a repair is about to do: shown before the user is asked."""
-
-    delete: int
-    delete_ids: tuple[str, ...]  # the first few
-    send: int
-    send_lines: tuple[int, ...]  # the first few
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class VerifyReport:
-    """What the dataset holds of an input. ``exit_code`` is 0 when it balances, else 7."""
-
-    expected: int  # rows of the input that should be in the dataset
-    present_once: int
-    missing: int
-    duplicated: int  # keys held by more than one example
-    extra_copies: int  # examples beyond the first of each such key
-    not_from_input: int  # examples with this input's key tag, but no row of it
-    other_rows: int | None  # examples of other inputs or with no key; None: not read
-    rejected: int  # rows not expected: rejected by the source or the server
-    rejects_known: bool  # whether a checkpoint or rejects file told the server's rejects
-    examples_read: int
-    read_by: str  # "range search" or "whole dataset"
-    missing_lines: tuple[int, ...]
-    duplicated_lines: tuple[int, ...]
-    not_from_input_ids: tuple[str, ...]
-    deleted: int = 0  # by --repair
-    sent: int = 0  # by --repair
-    repair: str = ""  # "", "declined", "done", "incomplete"
-    balanced: bool
-    exit_code: int
-    message: str = ""
-
-    def to_json(self) -> bytes:
-        """The report as one JSON object (``--json``)."""
-        return orjson.dumps(asdict(self))
-
-    def to_text(self) -> str:
-        """The report for a terminal."""
-        lines = [
-            f"rows expected:        {self.expected:,}"
-            + (f" ({self.rejected:,} rejected rows not counted)" if self.rejected else ""),
-            f"present once:         {self.present_once:,}",
-            f"missing:              {self.missing:,}" + _first("lines", self.missing_lines),
-            f"duplicated:           {self.duplicated:,} rows, {self.extra_copies:,} extra copies"
-            + _first("lines", self.duplicated_lines),
-            f"not from this input:  {self.not_from_input:,}"
-            + _first("ids", self.not_from_input_ids),
-            "other rows:           "
-            + ("not read (range search)" if self.other_rows is None else f"{self.other_rows:,}"),
-            f"examples read:        {self.examples_read:,} ({self.read_by})",
-        ]
-        if self.repair:
-            lines.append(
-                f"repair:               {self.repair}: deleted {self.deleted:,}, sent {self.sent:,}"
-            )
-        lines.append(f"balanced:             {'yes' if self.balanced else 'no'}")
-        if self.message:
-            lines.append(self.message)
-        return "\n".join(lines)
-
-
-def _first(what: str, items: tuple[Any, ...]) -> str:
-    return f" (first {what}: {', '.join(map(str, items))})" if items else ""
 
 
 @dataclass(slots=True)
@@ -356,9 +288,9 @@ def _plan(tally: _Tally, expected: _Expected) -> RepairPlan:
     missing = sorted(expected.lines[k] for k in tally.missing(expected))
     return RepairPlan(
         delete=len(extras),
-        delete_ids=tuple(extras[:_SHOWN]),
+        delete_ids=tuple(extras[:SHOWN]),
         send=len(missing),
-        send_lines=tuple(missing[:_SHOWN]),
+        send_lines=tuple(missing[:SHOWN]),
     )
 
 
@@ -444,9 +376,9 @@ def _report(
         rejects_known=known,
         examples_read=examples_read,
         read_by=tally.read_by,
-        missing_lines=tuple(missing[:_SHOWN]),
-        duplicated_lines=tuple(twice[:_SHOWN]),
-        not_from_input_ids=tuple(tally.foreign[:_SHOWN]),
+        missing_lines=tuple(missing[:SHOWN]),
+        duplicated_lines=tuple(twice[:SHOWN]),
+        not_from_input_ids=tuple(tally.foreign[:SHOWN]),
         deleted=deleted,
         sent=sent,
         repair=repair,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -271,3 +272,44 @@ async def test_library_verify(tmp_path: Path, fake: FakeService) -> None:
     assert report.exit_code == ingest.UnbalancedError.exit_code and report.repair == "declined"
     assert asked[0].delete == 3 and asked[0].send == 1 and asked[0].send_lines == (7,)
     assert report.deleted == report.sent == 0
+
+
+async def test_repair_send_with_unknown_outcome_is_not_resent(
+    tmp_path: Path, fake: FakeService
+) -> None:
+    """A repair POST that is committed but answered 503 is looked up again, not resent:
+    the dataset ends with the row once."""
+    path = await upload(tmp_path, fake)
+    async with aiohttp.ClientSession() as session:
+        await Api(session, fake).delete_line(7)
+    fake.state.faults.fail_after_commit_rate = 1.0
+    code, report = await verify_json(tmp_path, fake, "--repair", "--yes")
+    assert code == 0, report
+    assert report["sent"] == 0 and report["missing"] == 0  # stored, though the answer was lost
+    mine = input_tag(path.read_bytes().splitlines()[0])
+    assert sorted(v for k, v in key_counts(fake).items() if k.startswith(mine)) == [1] * ROWS
+
+
+async def test_repair_asks_on_a_terminal(tmp_path: Path, fake: FakeService) -> None:
+    """On a terminal, --repair shows what it will delete and goes ahead only on "y"."""
+    path = await upload(tmp_path, fake)
+    await damage(tmp_path, fake, path)
+    env = {**os.environ, "ARIZE_API_KEY": fake.api_key}
+    for answer, code in ((b"n\n", 7), (b"y\n", 0)):
+        leader, follower = pty.openpty()
+        try:
+            os.write(leader, answer)  # waits in the terminal's input until read
+            with anyio.fail_after(120):
+                done = await anyio.run_process(
+                    cli(tmp_path, fake, "verify", "--repair", "--json"),
+                    env=env,
+                    check=False,
+                    stdin=follower,
+                )
+        finally:
+            os.close(follower)
+            os.close(leader)
+        report = orjson.loads(done.stdout)
+        assert done.returncode == code, done.stderr
+        assert b"Delete 3 extra copies and send 1 missing rows? [y/N]" in done.stderr
+        assert report["repair"] == ("declined" if code else "done")
