@@ -177,6 +177,8 @@ def _verify_parser(sub: Any, json_wanted: bool) -> None:
         action = run_flags[name]
         flags = action.option_strings or [action.dest]
         kwargs: dict[str, Any] = {"help": action.help, "default": action.default}
+        if name == "no_key":  # accepted only to say why it cannot be
+            kwargs["help"] = "refused: verify finds rows by their keys"
         if action.nargs == 0:
             kwargs["action"] = "store_true"
         else:
