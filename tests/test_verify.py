@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pty
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,9 @@ from typing import Any
 import aiohttp
 import anyio
 import orjson
+from aiohttp import web
 from conftest import FakeService
+from scripted import DATASET, KEY, serving
 
 import ingest
 from ingest.client import DatasetsClient
@@ -206,7 +209,8 @@ async def test_works_without_checkpoint(tmp_path: Path, fake: FakeService) -> No
 
 
 async def test_rejected_rows_are_not_expected(tmp_path: Path, fake: FakeService) -> None:
-    """Rows the server rejected (per the checkpoint) are not counted missing."""
+    """Rows the server rejected (per the checkpoint, or the rejects file without it) are
+    not counted missing."""
     fake.state.faults.refuse_field = "poison"
     path = write_input(tmp_path)
     with path.open("ab") as f:
@@ -216,6 +220,10 @@ async def test_rejected_rows_are_not_expected(tmp_path: Path, fake: FakeService)
     code, report = await verify_json(tmp_path, fake)
     assert code == 0, report
     assert report["expected"] == ROWS and report["rejected"] == 1
+    (tmp_path / "run.ckpt").unlink()  # the rejects file alone still tells
+    code, report = await verify_json(tmp_path, fake)
+    assert code == 0, report
+    assert report["rejected"] == 1 and report["rejects_known"] is True
 
 
 async def test_scan_fallback_without_search_filters(tmp_path: Path, fake: FakeService) -> None:
@@ -313,3 +321,37 @@ async def test_repair_asks_on_a_terminal(tmp_path: Path, fake: FakeService) -> N
         assert done.returncode == code, done.stderr
         assert b"Delete 3 extra copies and send 1 missing rows? [y/N]" in done.stderr
         assert report["repair"] == ("declined" if code else "done")
+
+
+async def test_range_search_that_misses_rows_is_not_trusted(tmp_path: Path) -> None:
+    """A server whose range search misses stored rows (strings compared its own way) is
+    read whole instead: rows it missed are not reported missing, so a repair cannot
+    send them twice."""
+    path = write_input(tmp_path)
+    stored = [
+        {**orjson.loads(keyed(path, line)), "id": f"ex-{line}"} for line in range(1, ROWS + 1)
+    ]
+
+    async def get_dataset(request: web.Request) -> web.Response:
+        return web.json_response({"id": DATASET, "name": "d", "versions": [{"id": "v1"}]})
+
+    async def search(request: web.Request) -> web.Response:
+        text = (await request.json()).get("filter")
+        if text is None:
+            found = stored
+        elif ">=" in text:
+            found = stored[: ROWS // 2]  # the broken range: half the rows
+        else:
+            wanted = set(re.findall(r"= '([^']*)'", text))
+            found = [e for e in stored if e["ingest_key"] in wanted]
+        return web.json_response({"examples": found, "pagination": {"has_more": False}})
+
+    app = web.Application()
+    app.router.add_get("/v2/datasets/{id}", get_dataset)
+    app.router.add_post("/v2/datasets/{id}/examples/search", search)
+    async with serving(app) as url:
+        report = await ingest.verify(
+            input=str(path), dataset_id=DATASET, base_url=url, api_key=KEY, backoff_base=0.01
+        )
+    assert report.read_by == "whole dataset"
+    assert report.missing == 0 and report.present_once == ROWS and report.balanced
