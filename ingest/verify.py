@@ -40,6 +40,7 @@ from ingest.errors import ConfigError, UnbalancedError
 from ingest.keys import RowKeys
 from ingest.lookup import FilterRefused, Found, Lookup
 from ingest.preflight import preflight, refusal_message
+from ingest.redact import RedactFilter
 from ingest.replay import read_journal
 from ingest.report import RunStats
 from ingest.retry import Action, RetryPolicy, classify
@@ -110,6 +111,18 @@ async def verify(
     key = (api_key or os.environ.get(API_KEY_ENV, "")).strip()
     if not key or not key.isascii() or not key.isprintable():
         raise ConfigError(f"set {API_KEY_ENV} to your Arize API key")
+    redacting = RedactFilter(key)  # whatever a server echoes back, the key is never logged
+    log.addFilter(redacting)
+    try:
+        return await _verify(config, key, repair, confirm)
+    finally:
+        log.removeFilter(redacting)
+
+
+async def _verify(
+    config: RunConfig, key: str, repair: bool, confirm: Callable[[RepairPlan], bool] | None
+) -> VerifyReport:
+    assert config.key_field is not None
     rejected_lines, known = await anyio.to_thread.run_sync(_rejected_lines, config)
     expected = await anyio.to_thread.run_sync(_read_expected, config, rejected_lines)
     async with aiohttp.ClientSession() as session:
@@ -208,25 +221,30 @@ def _read_expected(config: RunConfig, rejected_lines: set[int]) -> _Expected:
     return expected
 
 
-def _missing_rows(config: RunConfig, missing: set[str]) -> list[Batch]:
-    """The missing rows, read again from the input (keyed as a run sends them), in batches."""
+async def _send_missing(
+    config: RunConfig, missing: set[str], client: DatasetsClient, caller: RetryingCaller
+) -> int:
+    """Read the input again and send its missing rows (keyed as a run sends them), batch by
+    batch as they fill, so memory holds one batch; how many rows the server took."""
     batcher = Batcher(batch_rows=config.batch_rows, batch_bytes=config.batch_bytes)
-    batches: list[Batch] = []
-    with JsonlSource(
-        config.input, max_row_bytes=config.batch_bytes, key_field=config.key_field
-    ) as source:
-        while chunk := source.read_chunk():
+    sent = 0
+    source = JsonlSource(config.input, max_row_bytes=config.batch_bytes, key_field=config.key_field)
+    try:
+        while chunk := await anyio.to_thread.run_sync(source.read_chunk):
             picked = [i for i, key in enumerate(chunk.keys) if key in missing]
-            batches += batcher.extend(
+            for batch in batcher.extend(
                 [chunk.rows[i] for i in picked],
                 [chunk.lines[i] for i in picked],
                 [chunk.ends[i] for i in picked],
                 [chunk.starts[i] for i in picked],
                 [chunk.keys[i] for i in picked],
-            )
+            ):
+                sent += await _send(batch, client, caller)
+    finally:
+        source.close()
     if (last := batcher.flush()) is not None:
-        batches.append(last)
-    return batches
+        sent += await _send(last, client, caller)
+    return sent
 
 
 async def _read_dataset(lookup: Lookup, expected: _Expected) -> _Tally:
@@ -313,10 +331,8 @@ async def _repair(
         if not extras and not missing:
             break
         deleted += await lookup.delete(extras)
-        batches = await anyio.to_thread.run_sync(_missing_rows, config, missing)
-        for batch in batches:
-            sent += await _send(batch, client, caller)
-        if batches:
+        if missing:
+            sent += await _send_missing(config, missing, client, caller)
             await caller.wait(config.settle_lag)  # a commit may take a moment to show
         tally = await _read_dataset(lookup, expected)
     return tally, deleted, sent

@@ -355,3 +355,17 @@ async def test_range_search_that_misses_rows_is_not_trusted(tmp_path: Path) -> N
         )
     assert report.read_by == "whole dataset"
     assert report.missing == 0 and report.present_once == ROWS and report.balanced
+
+
+async def test_wrong_key_exits_3_and_is_never_shown(tmp_path: Path, fake: FakeService) -> None:
+    """A refused key exits 3, as a run does, and its value appears in no output."""
+    write_input(tmp_path)
+    secret = "sk-verify-SECRET-4242"
+    env = {**os.environ, "ARIZE_API_KEY": secret}
+    with anyio.fail_after(60):
+        done = await anyio.run_process(
+            cli(tmp_path, fake, "verify", "--json", "-v"), env=env, check=False
+        )
+    assert done.returncode == 3
+    assert orjson.loads(done.stdout)["exit_code"] == 3
+    assert secret.encode() not in done.stdout + done.stderr
