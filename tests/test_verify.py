@@ -121,9 +121,20 @@ def key_counts(fake: FakeService) -> dict[str, int]:
 
 
 async def upload(tmp_path: Path, fake: FakeService) -> Path:
+    """A clean upload of the input (in process: only verify needs to be a subprocess)."""
     path = write_input(tmp_path)
-    done = await run_cli(cli(tmp_path, fake, "run", "--batch-rows", "10"), fake)
-    assert done.returncode == 0, done.stderr
+    summary = await ingest.upload(
+        input=str(path),
+        dataset_id=fake.dataset_id,
+        base_url=fake.url,
+        checkpoint=str(tmp_path / "run.ckpt"),
+        api_key=fake.api_key,
+        batch_rows=10,
+        rate=0,
+        backoff_base=0.01,
+        settle_lag=0.02,
+    )
+    assert summary.exit_code == 0
     return path
 
 
