@@ -440,6 +440,15 @@ def _verify(args: argparse.Namespace) -> int:
         if args.json:
             _print_failed(exc, api_key)
         return exc.exit_code
+    except KeyboardInterrupt:  # nothing to resume: a repair stopped halfway is verified again
+        print("ingest: interrupted", file=sys.stderr)  # noqa: T201
+        return EXIT_INTERRUPTED
+    except Exception:
+        sys.stderr.write(redact(traceback.format_exc(), api_key))
+        print("ingest: unexpected error (a bug: please report it)", file=sys.stderr)  # noqa: T201
+        if args.json:
+            _print_failed(IngestError("unexpected error (a bug: please report it)"), api_key)
+        return 1
     if args.json:
         sys.stdout.buffer.write(report.to_json() + b"\n")
     else:
