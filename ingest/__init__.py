@@ -19,9 +19,12 @@ from ingest.errors import (
     RejectsFileError,
     RetriesExhaustedError,
     SourceError,
+    UnbalancedError,
 )
 from ingest.pipeline import upload
 from ingest.report import Summary
+from ingest.verify import verify
+from ingest.verify_report import RepairPlan, VerifyReport
 
 __version__ = _version("ingest")
 
@@ -34,10 +37,14 @@ __all__ = [
     "DeliveryError",
     "IngestError",
     "RejectsFileError",
+    "RepairPlan",
     "RetriesExhaustedError",
     "RunConfig",
     "SourceError",
     "Summary",
+    "UnbalancedError",
+    "VerifyReport",
     "__version__",
     "upload",
+    "verify",
 ]

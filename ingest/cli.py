@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import traceback
+from functools import partial
 from typing import Any, NoReturn
 
 import anyio
@@ -29,6 +30,8 @@ from ingest.pipeline import upload
 from ingest.redact import RedactFilter, redact
 from ingest.replay import RunResends
 from ingest.report import Summary
+from ingest.verify import verify
+from ingest.verify_report import ask_on_terminal
 
 log = logging.getLogger("ingest")
 
@@ -131,6 +134,8 @@ def _parser(*, json_wanted: bool = False) -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     _verbosity(run)
 
+    _verify_parser(sub, json_wanted)
+
     status = sub.add_parser(
         "status", help="show what a checkpoint has done", json_wanted=json_wanted
     )
@@ -142,6 +147,59 @@ def _parser(*, json_wanted: bool = False) -> argparse.ArgumentParser:
         help="run the Arize-compatible fake server (see ingest fake-server --help)",
         add_help=False,
     )
+    return parser
+
+
+# The run's flags that say which input, dataset and keys verify checks, and how it asks.
+_VERIFY_FLAGS = (
+    "input",
+    "dataset_id",
+    "dataset_version_id",
+    "base_url",
+    "checkpoint",
+    "rejects",
+    "batch_rows",
+    "batch_bytes",
+    "rate",
+    "request_timeout",
+    "max_attempts",
+    "max_retry_seconds",
+    "key_field_name",
+    "settle_lag",
+    "allow_insecure_http",
+)
+
+
+def _verify_parser(sub: Any, json_wanted: bool) -> None:
+    verify = sub.add_parser(
+        "verify",
+        help="check that the dataset holds each row of the input once (--repair: make it so)",
+        json_wanted=json_wanted,
+        description="Read the dataset back and compare it with the input, by row keys. "
+        "Exit 0 when each row is there once, 7 when not.",
+    )
+    run_flags = {a.dest: a for a in _parser_of(sub, "run")._actions}
+    for name in (*_VERIFY_FLAGS, "config", "no_key"):
+        action = run_flags[name]
+        flags = action.option_strings or [action.dest]
+        kwargs: dict[str, Any] = {"help": action.help, "default": action.default}
+        if name == "no_key":  # accepted only to say why it cannot be
+            kwargs["help"] = "refused: verify finds rows by their keys"
+        if action.nargs == 0:
+            kwargs["action"] = "store_true"
+        else:
+            kwargs.update(type=action.type, metavar=action.metavar, nargs=action.nargs)
+        verify.add_argument(*flags, **kwargs)
+    verify.add_argument(
+        "--repair", action="store_true", help="delete extra copies and send missing rows"
+    )
+    verify.add_argument("--yes", action="store_true", help="repair without asking")
+    verify.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    _verbosity(verify)
+
+
+def _parser_of(sub: Any, name: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.choices[name]
     return parser
 
 
@@ -160,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         return fake_main(argv[1:])
     args = _parser(json_wanted="--json" in argv).parse_args(argv)
     try:
+        if args.command == "verify":
+            return _verify(args)
         return _status(args) if args.command == "status" else _run(args)
     except BrokenPipeError:
         # stdout went away (`ingest status ... | head`): not an error of ours.
@@ -353,3 +413,51 @@ def _spans(spans: list[tuple[int, int]], limit: int | None = None) -> str:
         if len(shown) < len(spans)
         else ""
     )
+
+
+def _verify(args: argparse.Namespace) -> int:
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="ingest: %(message)s", stream=sys.stderr)
+    api_key = os.environ.get(API_KEY_ENV, "").strip()
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactFilter(api_key))
+    try:
+        if args.no_key:
+            raise ConfigError(
+                "verify finds rows by their keys, and a --no-key upload gives them none: "
+                "drop --no-key (rows uploaded without keys cannot be verified)"
+            )
+        confirm = None
+        if args.repair and not args.yes:
+            if not sys.stdin.isatty():
+                raise ConfigError(
+                    "--repair deletes examples, and there is no terminal to ask on: "
+                    "pass --yes to repair without asking"
+                )
+            confirm = ask_on_terminal
+        toml = load_toml(args.config) if args.config else {}
+        overrides = {key: getattr(args, key) for key in _VERIFY_FLAGS}
+        config = build_config(toml, overrides, source=args.config or "flags")
+        report = anyio.run(
+            partial(verify, config, api_key=api_key, repair=args.repair, confirm=confirm),
+            backend="asyncio",
+        )
+    except IngestError as exc:
+        print(f"ingest: error: {redact(str(exc), api_key)}", file=sys.stderr)  # noqa: T201
+        if args.json:
+            _print_failed(exc, api_key)
+        return exc.exit_code
+    except KeyboardInterrupt:  # nothing to resume: a repair stopped halfway is verified again
+        print("ingest: interrupted", file=sys.stderr)  # noqa: T201
+        return EXIT_INTERRUPTED
+    except Exception:
+        sys.stderr.write(redact(traceback.format_exc(), api_key))
+        print("ingest: unexpected error (a bug: please report it)", file=sys.stderr)  # noqa: T201
+        if args.json:
+            _print_failed(IngestError("unexpected error (a bug: please report it)"), api_key)
+        return 1
+    if args.json:
+        sys.stdout.buffer.write(report.to_json() + b"\n")
+    else:
+        print(report.to_text())  # noqa: T201
+    return report.exit_code

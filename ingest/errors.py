@@ -5,6 +5,7 @@
     ├── CheckpointError             checkpoint of another run, corrupt, or in use (exit 2)
     │   └── RejectsFileError        the rejects file cannot be opened or written (exit 2)
     ├── SourceError                 input cannot be read at all (exit 2); names file and line
+    ├── UnbalancedError             the dataset does not hold each input row once (exit 7)
     └── DeliveryError               the API refused or could not take the rows
         ├── AuthError               401/403: ARIZE_API_KEY is refused (exit 3)
         ├── DatasetNotFoundError    404: the dataset (or version) does not exist (exit 4)
@@ -53,6 +54,12 @@ class SourceError(IngestError):
         super().__init__(f"{where}: {message}")
         self.path = path
         self.line = line
+
+
+class UnbalancedError(IngestError):
+    """Raised when the dataset does not hold each row of the input exactly once."""
+
+    exit_code = 7
 
 
 class DeliveryError(IngestError):

@@ -173,6 +173,14 @@ class Lookup:
             self._fall_back("list", "a range filter")
             return None
 
+    async def between(self, lo: str, hi: str) -> Found:
+        """Every keyed example with ``lo <= key < hi``, by one paginated search.
+
+        Raises ``FilterRefused`` where the server does not search that way. Unchecked:
+        the caller judges whether the server compares strings as it should.
+        """
+        return await self._pages(self._range(lo, hi), lambda _key: True)
+
     async def scan(self, wanted: Callable[[str], bool]) -> Found:
         """Read the whole dataset once; the examples whose key ``wanted`` accepts."""
         return await self._pages(None, wanted)
