@@ -38,6 +38,7 @@ from ingest.errors import (
     DeliveryError,
     RetriesExhaustedError,
 )
+from ingest.refusals import RefusalStreak
 from ingest.replay import SERVER_ERROR_REASON
 from ingest.report import RunStats
 from ingest.retry import (
@@ -87,6 +88,7 @@ class Sender:
         # Since the last delivered batch, earlier runs included (the journal's count).
         self._server_error_rejects = server_error_rejects
         self._server_error_rejects_before = server_error_rejects
+        self._refusals = RefusalStreak()
         self.resolved = 0  # batches taken from the stream and settled
 
     async def work(
@@ -117,8 +119,9 @@ class Sender:
             # An earlier run sent these lines and never learnt the outcome: look first.
             tries = Tries(self._caller.now(), cause="left in flight by an earlier run")
             await self._settler.settle(batch, tries)
-            return
-        await self._send(batch, None)
+        else:
+            await self._send(batch, None)
+        self._refusals.finished(batch.seq, len(batch.rows), batch.name)
 
     async def _send(self, batch: Batch, tries: Tries | None) -> None:
         """Send ``batch`` (``tries``: the rounds of settling behind it, if any)."""
@@ -135,6 +138,7 @@ class Sender:
             return
         if classify(reply.status) is Action.DELIVERED:
             self._server_error_rejects = self._server_error_rejects_before = 0
+            self._refusals.delivered()
             await self._done(batch, len(batch.rows), await self._example_ids(batch, reply))
             self._stats.rows_delivered += len(batch.rows)
             self._stats.batches += 1
@@ -156,13 +160,13 @@ class Sender:
             await self._send(second, tries)
         else:
             # Made only for a reject: a 2xx's body need not be parsed for a refusal's text.
-            reason = (
-                self._server_error_reason(
-                    batch, server_error.reply.problem(), server_error.attempts
-                )
-                if server_error is not None
-                else f"refused by the server: {reply.problem()}"
-            )
+            if server_error is not None:
+                problem = server_error.reply.problem()
+                reason = self._server_error_reason(batch, problem, server_error.attempts)
+            else:
+                problem = reply.problem()
+                reason = f"refused by the server: {problem}"
+                self._refusals.refused(batch.seq, problem)
             await self._reject(batch, reason)
 
     async def _reject(self, batch: Batch, reason: str) -> None:
