@@ -91,7 +91,7 @@ def _parser(*, json_wanted: bool = False) -> argparse.ArgumentParser:
     run.add_argument("--concurrency", type=int, help="requests in flight (default 8)")
     run.add_argument("--rate", type=float, help="requests per second, 0 = no limit (default 20)")
     run.add_argument("--request-timeout", type=float, help="seconds per request (default 60)")
-    run.add_argument("--max-attempts", type=int, help="tries per batch, 429s aside (default 8)")
+    run.add_argument("--max-attempts", type=int, help="tries per batch, 429s aside (default 10)")
     run.add_argument("--max-retry-seconds", type=float, help="retry time per batch (default 600)")
     run.add_argument(
         "--restart",
