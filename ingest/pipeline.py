@@ -245,6 +245,7 @@ class _Run:
             "pid": os.getpid(),
             "batch_rows": c.batch_rows,
             "batch_bytes": c.batch_bytes,
+            "keys": c.key_field,  # None: --no-key (status tells settling from resending)
             "resent_in_flight": [[r["seq"], r["part"], *r["lines"]] for r in self.state.in_flight],
         }
 

@@ -104,6 +104,11 @@ class JournalState:
     # a server that 500s on everything would reject a few more good rows.
     server_error_streak: int = 0
     finished: dict[str, Any] | None = None
+    version: int | None = None  # the header's
+    # The last run's key field (None with --no-key); unrecorded before journal version 3's
+    # start records carried it.
+    key_field: str | None = None
+    keys_recorded: bool = False
     # Per run, in order: unknown outcomes it resent, and batches it resent as in flight.
     runs: list[RunResends] = field(default_factory=list)
     unknown_lines: list[tuple[int, int]] = field(default_factory=list)
@@ -120,6 +125,17 @@ class JournalState:
         """Batches left in flight by a run that a later run sent again, in all runs."""
         return sum(r.in_flight_resent for r in self.runs)
 
+    @property
+    def settles(self) -> bool:
+        """Whether the last run had row keys: then its batches in flight are looked up, not resent.
+
+        A journal from before start records named the key field: keys if it is of
+        version 3 (keys were on by default), none before.
+        """
+        if self.keys_recorded:
+            return self.key_field is not None
+        return isinstance(self.version, int) and self.version >= 3
+
     def maybe_duplicated(self) -> list[tuple[int, int]]:
         """Lines that may be stored twice: of batches with an unknown outcome or left in flight."""
         spans = self.unknown_lines + self.resent_lines
@@ -131,10 +147,12 @@ class JournalState:
         kind = rec.get("t")
         if kind == "header":
             self.fingerprint = rec.get("fingerprint")
+            self.version = rec.get("v")
         elif kind == "identity" and self.fingerprint is not None:
             self.fingerprint = {**self.fingerprint, "input": rec["input"]}
         elif kind == "start":
             self.attempts += 1
+            self.keys_recorded, self.key_field = "keys" in rec, rec.get("keys")
             resent = outermost(rec.get("resent_in_flight") or [], lambda r: (r[2], r[3]))
             self.resent_lines += [(r[2], r[3]) for r in resent]
             self.runs.append(RunResends(in_flight_resent=len(resent)))
@@ -343,6 +361,8 @@ def _problem(rec: Any) -> str | None:
             for r in resent
         ):
             return "a start record with a bad 'resent_in_flight'"
+        if not isinstance(rec.get("keys"), str | None):
+            return "a start record with a bad 'keys'"
     if kind == "finished" and not _is_int(rec.get("exit_code", 0)):
         return "a finished record with a bad 'exit_code'"
     return None
