@@ -23,6 +23,8 @@ from ingest.errors import DatasetRefusedError
 
 # Whole batches whose every row was refused alike, in a row, that stop the run.
 BATCHES_IN_A_ROW = 3
+# How the reason of a row the server refused begins in the rejects file and the journal.
+REFUSED_REASON = "refused by the server: "
 
 _QUOTED = re.compile(r"\"(?:[^\"\\]|\\.)*\"|'(?:[^'\\]|\\.)*'|`[^`]*`")
 _NUMBER = re.compile(r"\d+")
@@ -59,6 +61,17 @@ class RefusalStreak:
     _streak: int = 0
     _reason: str = ""
     _last: str = ""  # the last such refusal as the server wrote it
+    _earlier: bool = False  # the streak began in an earlier run
+
+    def resume(self, reason: str, rows: int) -> None:
+        """Carry on an earlier run's streak: ``rows`` refused alike (``reason``, normalised).
+
+        So many rows in a row with nothing delivered between is the stop the earlier run
+        made (or was about to): this run stops at its first whole batch refused alike,
+        rather than rejecting another few batches' worth of good rows each time it is re-run.
+        """
+        if rows >= self.in_a_row:
+            self._streak, self._reason, self._earlier = self.in_a_row - 1, reason, True
 
     def refused(self, seq: int, problem: str) -> None:
         """Note a row of batch ``seq`` that the server refused with ``problem``."""
@@ -70,23 +83,26 @@ class RefusalStreak:
 
     def delivered(self) -> None:
         """Note a delivery: whatever the server refuses, it is not every row."""
-        self._streak = 0
+        self._streak, self._earlier = 0, False
 
     def finished(self, seq: int, rows: int, name: str) -> None:
         """Note that batch ``seq`` (of ``rows`` rows) is resolved; raise if that ends a streak."""
         got = self._batches.pop(seq, None)
-        if got is None or got.mixed or got.rows < rows:
-            if got is not None:
-                self._streak = 0  # rows refused for other reasons, or some delivered
+        whole = got is not None and not got.mixed and got.rows == rows
+        if got is not None and (not whole or got.reason != self._reason):
+            self._streak, self._earlier = 0, False  # some rows delivered, or another reason
+        if got is None or not whole:
             return
-        self._streak = self._streak + 1 if got.reason == self._reason else 1
+        self._streak += 1
         self._reason = got.reason
         if self._streak >= self.in_a_row:
+            earlier = " (counting an earlier run's)" if self._earlier else ""
             raise DatasetRefusedError(
-                f"{name}: every row of {self._streak} batches in a row was refused for the same "
-                f"reason, with nothing delivered between ({self._last}). That is about the "
-                "dataset rather than the rows (a schema the rows do not fit, a locked or "
-                "read-only dataset?), so the run stops instead of rejecting the whole input. "
+                f"{name}: every row of {self._streak} batches in a row{earlier} was refused "
+                f"for the same reason, with nothing delivered between ({self._last}). "
+                "That is about the dataset rather than the rows (a schema the rows do not fit, "
+                "a locked or read-only dataset?), so the run stops instead of rejecting the "
+                "whole input. "
                 "Fix the dataset (or the input), then re-run the same command: it sends the "
                 "rows not yet sent; the rows refused so far are in the rejects file, to send "
                 "again from there"

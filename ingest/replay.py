@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import orjson
 
 from ingest.errors import CheckpointError
+from ingest.refusals import REFUSED_REASON, same_reason
 
 # How a reject reason for a row the server failed on (HTTP 500 on every attempt) begins.
 SERVER_ERROR_REASON = "server error: "
@@ -103,6 +104,9 @@ class JournalState:
     # sender's guard against a broken server starts from it, or every re-run of
     # a server that 500s on everything would reject a few more good rows.
     server_error_streak: int = 0
+    # Rows the server refused for one reason (normalised) since the last delivery: the
+    # sender's guard against a dataset that refuses everything starts from it likewise.
+    refusal_streak: tuple[str, int] = ("", 0)
     finished: dict[str, Any] | None = None
     version: int | None = None  # the header's
     # The last run's key field (None with --no-key); unrecorded before journal version 3's
@@ -162,8 +166,13 @@ class JournalState:
             start, end = rec["bytes"]
             self.covered.add(line, line, start, end)
             self.rejected_rows += 1
-            if str(rec.get("reason", "")).startswith(SERVER_ERROR_REASON):
+            reason = str(rec.get("reason", ""))
+            if reason.startswith(SERVER_ERROR_REASON):
                 self.server_error_streak += 1
+            elif reason.startswith(REFUSED_REASON):
+                alike = same_reason(reason.removeprefix(REFUSED_REASON))
+                before, rows = self.refusal_streak
+                self.refusal_streak = (alike, rows + 1 if alike == before else 1)
         elif kind == "sending":
             sending[(rec["seq"], rec["part"])] = rec
             self.next_seq = max(self.next_seq, rec["seq"] + 1)
@@ -183,13 +192,13 @@ class JournalState:
             self.delivered_rows += rec["rows"]
             self.done_batches += 1
             if rec["rows"] > 0:  # a reject's own done record has 0 rows
-                self.server_error_streak = 0
+                self.server_error_streak, self.refusal_streak = 0, ("", 0)
         elif kind == "present":
             for first, last, start, end in rec["spans"]:
                 self.covered.add(first, last, start, end)
             self.delivered_rows += rec["rows"]
             self.present_rows += rec["rows"]
-            self.server_error_streak = 0
+            self.server_error_streak, self.refusal_streak = 0, ("", 0)
         elif kind == "deleted":
             self.deleted_copies += len(rec["ids"])
         elif kind == "finished":

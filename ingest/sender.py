@@ -38,7 +38,7 @@ from ingest.errors import (
     DeliveryError,
     RetriesExhaustedError,
 )
-from ingest.refusals import RefusalStreak
+from ingest.refusals import REFUSED_REASON, RefusalStreak
 from ingest.replay import SERVER_ERROR_REASON
 from ingest.report import RunStats
 from ingest.retry import (
@@ -74,6 +74,7 @@ class Sender:
         stats: RunStats,
         on_reject: Callable[[int, str], None],
         server_error_rejects: int = 0,
+        refused_before: tuple[str, int] = ("", 0),
         settler: Settler | None = None,
     ) -> None:
         self._append = append
@@ -89,6 +90,7 @@ class Sender:
         self._server_error_rejects = server_error_rejects
         self._server_error_rejects_before = server_error_rejects
         self._refusals = RefusalStreak()
+        self._refusals.resume(*refused_before)  # rows refused alike by earlier runs, in a row
         self.resolved = 0  # batches taken from the stream and settled
 
     async def work(
@@ -165,7 +167,7 @@ class Sender:
                 reason = self._server_error_reason(batch, problem, server_error.attempts)
             else:
                 problem = reply.problem()
-                reason = f"refused by the server: {problem}"
+                reason = f"{REFUSED_REASON}{problem}"
                 self._refusals.refused(batch.seq, problem)
             await self._reject(batch, reason)
 

@@ -101,3 +101,20 @@ def test_a_delivery_or_another_reason_breaks_the_streak() -> None:
     refuse_all(5, "schema")
     with pytest.raises(ingest.DatasetRefusedError):
         refuse_all(6, "schema")
+
+
+async def test_a_rerun_against_a_dataset_still_refusing_stops_at_its_first_batch(
+    tmp_path: Path,
+) -> None:
+    """The streak spans runs: re-run unchanged, the run stops after one more batch, not three."""
+    write_rows(tmp_path / "rows.jsonl", ROWS)
+    async with scripted_server(refuses_everything) as server:
+        run = settings(server.url, tmp_path, batch_rows=BATCH, concurrency=1)
+        with anyio.fail_after(30), pytest.raises(ingest.DatasetRefusedError):
+            await ingest.upload(api_key=KEY, **run)
+        first = len(rejects_of(tmp_path / "rejects.jsonl"))
+        with anyio.fail_after(30), pytest.raises(ingest.DatasetRefusedError) as info:
+            await ingest.upload(api_key=KEY, **run)
+    assert first == 3 * BATCH
+    assert len(rejects_of(tmp_path / "rejects.jsonl")) == first + BATCH
+    assert "counting an earlier run's" in str(info.value)
