@@ -6,7 +6,8 @@ is already done. One JSON object per line:
 
     {"t": "header", "v": 3, "fingerprint": {...}}     what run this journal belongs to
     {"t": "identity", "input": {...}}   the input's full identity, after a version-1 header
-    {"t": "start", "resent_in_flight": [[seq, part, a, b], ...], "keys": "ingest_key", ...}
+    {"t": "start", "keys": "ingest_key", "resent_in_flight": [[seq, part, a, b], ...], ...}
+                                        each run's start; keys: the key field, null: --no-key
     {"t": "rejected", "line": 7, "bytes": [s, e], "reason": "..."}
     {"t": "sending", "seq": 3, "part": "", "lines": [a, b], "bytes": [s, e], "rows": n}
     {"t": "split", "seq": 3, "part": ""}          refused whole; its halves ("0", "1") follow

@@ -95,7 +95,7 @@ def _parser(*, json_wanted: bool = False) -> argparse.ArgumentParser:
     run.add_argument("--concurrency", type=int, help="requests in flight (default 8)")
     run.add_argument("--rate", type=float, help="requests per second, 0 = no limit (default 20)")
     run.add_argument("--request-timeout", type=float, help="seconds per request (default 60)")
-    run.add_argument("--max-attempts", type=int, help="tries per batch, 429s aside (default 8)")
+    run.add_argument("--max-attempts", type=int, help="tries per batch, 429s aside (default 10)")
     run.add_argument("--max-retry-seconds", type=float, help="retry time per batch (default 600)")
     run.add_argument(
         "--restart",
@@ -378,6 +378,14 @@ def _status(args: argparse.Namespace) -> int:
         "in_flight_at_last_stop": [
             {"seq": r["seq"], "part": r["part"], "lines": r["lines"]} for r in state.in_flight
         ],
+        # With keys, the next run looks these up (and sends only their missing rows).
+        "keys": state.key_field,
+        "to_settle": [
+            {"seq": r["seq"], "part": r["part"], "lines": r["lines"], "rows": r["rows"]}
+            for r in state.in_flight
+        ]
+        if state.settles
+        else [],
         "maybe_duplicated_lines": [list(r) for r in maybe_twice],
         "lines_done": [list(r) for r in state.covered.merged()],
     }
@@ -399,10 +407,37 @@ def _status(args: argparse.Namespace) -> int:
         f"\nin flight resent:  {state.in_flight_resent:,} batches left in flight by a run, "
         f"sent again by a later one ({last.in_flight_resent:,} by the last run)"
         f"\nin flight at stop: {in_flight}"
-        f"\nmaybe duplicated:  {_spans(maybe_twice, limit=20) or 'none'}"
+        + _settle_line(state.settles, report["to_settle"], len(state.in_flight))
+        + f"\nmaybe duplicated:  {_spans(maybe_twice, limit=20) or 'none'}"
         f"\nlines done:        {_spans(state.covered.merged(), limit=10) or 'none'}"
     )
     return 0
+
+
+def _settle_line(settles: bool, to_settle: list[dict[str, Any]], in_flight: int) -> str:
+    """What the next run does with the batches in flight: look them up, or send them again."""
+    if not settles:
+        return (
+            f"\nto resend:         {in_flight:,} batches; written without row keys (--no-key, "
+            "or an older ingest): the next run sends them again, so their rows may be stored twice"
+            if in_flight
+            else ""
+        )
+    if not to_settle:
+        return "\nto settle:         none"
+    shown = ", ".join(map(_batch_name, to_settle[:10]))
+    more = f" ... ({len(to_settle) - 10} more; --json lists all)" if len(to_settle) > 10 else ""
+    rows = sum(b["rows"] for b in to_settle)
+    return (
+        f"\nto settle:         {len(to_settle):,} batches ({rows:,} rows): {shown}{more}; the "
+        "next run looks their keys up and sends only the rows not stored (none twice)"
+    )
+
+
+def _batch_name(batch: dict[str, Any]) -> str:
+    part = f" part {batch['part']}" if batch["part"] else ""
+    first, last = batch["lines"]
+    return f"seq {batch['seq']}{part} lines {first}-{last}"
 
 
 def _spans(spans: list[tuple[int, int]], limit: int | None = None) -> str:

@@ -57,7 +57,7 @@ class RunConfig:
     concurrency: int = 8
     rate: float | None = 20.0  # requests per second across all workers; 0 or None = unlimited
     request_timeout: float = 60.0
-    max_attempts: int = 8  # per batch, 429s not counted (they are bounded by max_retry_seconds)
+    max_attempts: int = 10  # per batch, 429s not counted (they are bounded by max_retry_seconds)
     max_retry_seconds: float = 600.0  # per batch, from its first attempt
     backoff_base: float = 0.5
     backoff_max: float = 30.0

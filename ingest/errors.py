@@ -11,7 +11,10 @@
         ├── DatasetNotFoundError    404: the dataset (or version) does not exist (exit 4)
         ├── BaseUrlError            the base URL is not the API (a 3xx, a 2xx not its JSON) or
         │                           cannot be reached: no such host, refused (exit 5)
-        └── RetriesExhaustedError   retries ran out or an unexpected refusal (exit 5, resumable)
+        ├── RetriesExhaustedError   retries ran out or an unexpected refusal (exit 5, resumable)
+        └── DatasetRefusedError     every row of several batches in a row refused alike: the
+                                    dataset's doing (a schema, a lock), not the rows' (exit 5;
+                                    re-running only helps once the dataset is fixed)
 
 A bad *line* is not an error: it goes to the rejects file and the run goes on.
 """
@@ -88,5 +91,11 @@ class BaseUrlError(DeliveryError):
 
 class RetriesExhaustedError(DeliveryError):
     """Raised when a batch could not be delivered within the retry budget."""
+
+    exit_code = 5
+
+
+class DatasetRefusedError(DeliveryError):
+    """Raised when the server refuses whole batches alike: the dataset is at fault, not the rows."""
 
     exit_code = 5

@@ -334,6 +334,7 @@ class _Run:
             stats=self.stats,
             on_reject=self._note_reject,
             server_error_rejects=self.state.server_error_streak,
+            refused_before=self.state.refusal_streak,
             settler=settler,
         )
         chunks_tx, chunks_rx = anyio.create_memory_object_stream[Chunk](4)

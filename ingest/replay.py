@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import orjson
 
 from ingest.errors import CheckpointError
+from ingest.refusals import REFUSED_REASON, same_reason
 
 # How a reject reason for a row the server failed on (HTTP 500 on every attempt) begins.
 SERVER_ERROR_REASON = "server error: "
@@ -103,6 +104,9 @@ class JournalState:
     # sender's guard against a broken server starts from it, or every re-run of
     # a server that 500s on everything would reject a few more good rows.
     server_error_streak: int = 0
+    # Rows the server refused for one reason (normalised) since the last delivery: the
+    # sender's guard against a dataset that refuses everything starts from it likewise.
+    refusal_streak: tuple[str, int] = ("", 0)
     finished: dict[str, Any] | None = None
     # The field the last run looked rows up by (its start record's "keys"): None for a
     # --no-key run, "" when no run said (journals written before keys).
@@ -110,6 +114,11 @@ class JournalState:
     # Batches whose rows were sent after a look-up and not yet looked at again:
     # (seq, part) -> (first line, last line).
     recheck: dict[tuple[int, str], tuple[int, int]] = field(default_factory=dict)
+    version: int | None = None  # the header's
+    # The last run's key field (None with --no-key); unrecorded before journal version 3's
+    # start records carried it.
+    key_field: str | None = None
+    keys_recorded: bool = False
     # Per run, in order: unknown outcomes it resent, and batches it resent as in flight.
     runs: list[RunResends] = field(default_factory=list)
     unknown_lines: list[tuple[int, int]] = field(default_factory=list)
@@ -126,6 +135,17 @@ class JournalState:
         """Batches left in flight by a run that a later run sent again, in all runs."""
         return sum(r.in_flight_resent for r in self.runs)
 
+    @property
+    def settles(self) -> bool:
+        """Whether the last run had row keys: then its batches in flight are looked up, not resent.
+
+        A journal from before start records named the key field: keys if it is of
+        version 3 (keys were on by default), none before.
+        """
+        if self.keys_recorded:
+            return self.key_field is not None
+        return isinstance(self.version, int) and self.version >= 3
+
     def maybe_duplicated(self) -> list[tuple[int, int]]:
         """Lines that may be stored twice: of batches with an unknown outcome or left in flight."""
         spans = self.unknown_lines + self.resent_lines
@@ -137,6 +157,7 @@ class JournalState:
         kind = rec.get("t")
         if kind == "header":
             self.fingerprint = rec.get("fingerprint")
+            self.version = rec.get("v")
         elif kind == "identity" and self.fingerprint is not None:
             before = self.fingerprint.get("input")
             if not isinstance(before, dict) or before.get("size") != rec["input"].get("size"):
@@ -146,6 +167,7 @@ class JournalState:
             self.attempts += 1
             if "keys" in rec:
                 self.keys = rec["keys"] if isinstance(rec["keys"], str) else None
+            self.keys_recorded, self.key_field = "keys" in rec, rec.get("keys")
             resent = outermost(rec.get("resent_in_flight") or [], lambda r: (r[2], r[3]))
             self.resent_lines += [(r[2], r[3]) for r in resent]
             self.runs.append(RunResends(in_flight_resent=len(resent)))
@@ -155,8 +177,13 @@ class JournalState:
             start, end = rec["bytes"]
             self.covered.add(line, line, start, end)
             self.rejected_rows += 1
-            if str(rec.get("reason", "")).startswith(SERVER_ERROR_REASON):
+            reason = str(rec.get("reason", ""))
+            if reason.startswith(SERVER_ERROR_REASON):
                 self.server_error_streak += 1
+            elif reason.startswith(REFUSED_REASON):
+                alike = same_reason(reason.removeprefix(REFUSED_REASON))
+                before, rows = self.refusal_streak
+                self.refusal_streak = (alike, rows + 1 if alike == before else 1)
         elif kind == "sending":
             sending[(rec["seq"], rec["part"])] = rec
             self.next_seq = max(self.next_seq, rec["seq"] + 1)
@@ -176,7 +203,7 @@ class JournalState:
             self.delivered_rows += rec["rows"]
             self.done_batches += 1
             if rec["rows"] > 0:  # a reject's own done record has 0 rows
-                self.server_error_streak = 0
+                self.server_error_streak, self.refusal_streak = 0, ("", 0)
             if rec.get("recheck") is True:
                 self.recheck[(rec["seq"], rec["part"])] = (first, last)
         elif kind == "present":
@@ -184,7 +211,7 @@ class JournalState:
                 self.covered.add(first, last, start, end)
             self.delivered_rows += rec["rows"]
             self.present_rows += rec["rows"]
-            self.server_error_streak = 0
+            self.server_error_streak, self.refusal_streak = 0, ("", 0)
         elif kind == "checked":
             self.recheck.pop((rec["seq"], rec["part"]), None)
         elif kind == "deleted":
@@ -359,6 +386,8 @@ def _problem(rec: Any) -> str | None:
             for r in resent
         ):
             return "a start record with a bad 'resent_in_flight'"
+        if not isinstance(rec.get("keys"), str | None):
+            return "a start record with a bad 'keys'"
     if kind == "finished" and not _is_int(rec.get("exit_code", 0)):
         return "a finished record with a bad 'exit_code'"
     return None

@@ -1,7 +1,12 @@
 """RetryPolicy: what each answer from the API means, and how long to wait.
 
 Takes an HTTP status (or a transport error); gives back an ``Action``. Waits
-use exponential backoff with full jitter, or the server's ``Retry-After``.
+use exponential backoff with equal jitter (half the step fixed, half drawn at
+random), or the server's ``Retry-After``. The fixed half is what makes the
+budget ride out an outage in every draw: with the defaults (``base`` 0.5,
+``cap`` 30, 10 attempts) the 9 waits add up to 75.5..151 s, so an API gone
+for a minute (a deploy, a restart, 503 for everything) costs no run. Full
+jitter could draw them all near 0 and give up after seconds.
 ``PauseGate`` is the one pause all workers share after a 429: aiolimiter paces
 requests but has no way to stop them, so the gate sits in front of it.
 
@@ -108,21 +113,33 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 class RetryPolicy:
     """Bounds and backoff for retrying one batch.
 
-    policy = RetryPolicy(max_attempts=8, max_seconds=600)
-    delay = policy.backoff(attempt=3)   # uniform in [0, min(max, base * 2**3)]
+    policy = RetryPolicy(max_attempts=10, max_seconds=600)
+    delay = policy.backoff(attempt=3)   # uniform in [step/2, step], step = min(cap, base * 2**3)
     pause = policy.throttled(1, 0.0)    # after a 429 with Retry-After: 0: base, not 0
     """
 
-    max_attempts: int = 8
+    max_attempts: int = 10
     max_seconds: float = 600.0
     base: float = 0.5
     cap: float = 30.0
     rng: Callable[[], float] = random.random
 
     def backoff(self, attempt: int) -> float:
-        """Full-jitter delay before retry number ``attempt`` (1 = first retry)."""
-        ceiling = min(self.cap, self.base * 2.0 ** min(attempt, 32))
-        return ceiling * self.rng()
+        """Equal-jitter delay before retry number ``attempt`` (1 = first retry)."""
+        step = self._step(attempt)
+        return step / 2 + step / 2 * self.rng()
+
+    def _step(self, attempt: int) -> float:
+        return min(self.cap, self.base * 2.0 ** min(attempt, 32))
+
+    def least_ridden_out(self) -> float:
+        """Seconds of failures every draw of the backoff waits out before the attempts run out.
+
+        Bounded by ``max_seconds`` too. The appends and settling's searches follow the same
+        policy, so this is how long an outage (every request failing) can last unnoticed.
+        """
+        waits = sum(self._step(a) / 2 for a in range(1, self.max_attempts))
+        return min(waits, self.max_seconds)
 
     def throttled(self, attempt: int, retry_after: float | None) -> float:
         """The shared pause after 429 number ``attempt``: ``Retry-After`` or the backoff, floored.
@@ -131,7 +148,9 @@ class RetryPolicy:
         A ``Retry-After`` over an hour is waited an hour, then the next 429 tells again.
         """
         wait = min(retry_after, _MAX_RETRY_AFTER) if retry_after is not None else None
-        return max(self.backoff(attempt) if wait is None else wait, self.throttle_floor)
+        # Full jitter here: the shared pause holds every worker, no budget is at stake.
+        full = self._step(attempt) * self.rng()
+        return max(full if wait is None else wait, self.throttle_floor)
 
     @property
     def throttle_floor(self) -> float:

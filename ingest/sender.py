@@ -39,6 +39,7 @@ from ingest.errors import (
     RetriesExhaustedError,
 )
 from ingest.records import Done, Sending, Split, Unknown
+from ingest.refusals import REFUSED_REASON, RefusalStreak
 from ingest.replay import SERVER_ERROR_REASON
 from ingest.report import RunStats
 from ingest.retry import (
@@ -74,6 +75,7 @@ class Sender:
         stats: RunStats,
         on_reject: Callable[[int, str], None],
         server_error_rejects: int = 0,
+        refused_before: tuple[str, int] = ("", 0),
         settler: Settler | None = None,
     ) -> None:
         self._append = append
@@ -88,6 +90,8 @@ class Sender:
         # Since the last delivered batch, earlier runs included (the journal's count).
         self._server_error_rejects = server_error_rejects
         self._server_error_rejects_before = server_error_rejects
+        self._refusals = RefusalStreak()
+        self._refusals.resume(*refused_before)  # rows refused alike by earlier runs, in a row
         self.resolved = 0  # batches taken from the stream and settled
 
     async def work(
@@ -118,8 +122,9 @@ class Sender:
             # An earlier run sent these lines and never learnt the outcome: look first.
             tries = Tries(self._caller.now(), cause="left in flight by an earlier run")
             await self._settler.settle(batch, tries)
-            return
-        await self._send(batch, None)
+        else:
+            await self._send(batch, None)
+        self._refusals.finished(batch.seq, len(batch.rows), batch.name)
 
     async def _send(self, batch: Batch, tries: Tries | None) -> None:
         """Send ``batch`` (``tries``: the rounds of settling behind it, if any)."""
@@ -136,6 +141,7 @@ class Sender:
             return
         if classify(reply.status) is Action.DELIVERED:
             self._server_error_rejects = self._server_error_rejects_before = 0
+            self._refusals.delivered()
             ids = await self._example_ids(batch, reply)
             await self._done(batch, len(batch.rows), ids, recheck=tries is not None)
             self._stats.rows_delivered += len(batch.rows)
@@ -156,13 +162,13 @@ class Sender:
             await self._send(second, tries)
         else:
             # Made only for a reject: a 2xx's body need not be parsed for a refusal's text.
-            reason = (
-                self._server_error_reason(
-                    batch, server_error.reply.problem(), server_error.attempts
-                )
-                if server_error is not None
-                else f"refused by the server: {reply.problem()}"
-            )
+            if server_error is not None:
+                problem = server_error.reply.problem()
+                reason = self._server_error_reason(batch, problem, server_error.attempts)
+            else:
+                problem = reply.problem()
+                reason = f"{REFUSED_REASON}{problem}"
+                self._refusals.refused(batch.seq, problem)
             await self._reject(batch, reason)
 
     async def _reject(self, batch: Batch, reason: str) -> None:

@@ -296,7 +296,9 @@ async def test_a_megabyte_refusal_is_quoted_short_everywhere(tmp_path: Path) -> 
     app.router.add_post("/v2/datasets/{id}/examples", refuse)
     (tmp_path / "rows.jsonl").write_bytes(b'{"i": 1}\n{"i": 2}\n{"i": 3}\n')
     async with serving(app) as url:
-        done = await run_ingest(tmp_path, url, "-v", "--json", "--batch-rows", "1")
+        # One batch, halved down to its rows: three one-row batches refused alike would
+        # be a dataset that refuses everything, which stops the run (ingest.refusals).
+        done = await run_ingest(tmp_path, url, "-v", "--json", "--batch-rows", "3")
     out, err = done.stdout.decode(), done.stderr.decode()
     assert done.returncode == 6, err[-2000:]
     rejects = (tmp_path / "run.rejects.jsonl").read_text()

@@ -6,6 +6,7 @@ import email.utils
 
 import pytest
 
+from ingest.config import RunConfig
 from ingest.retry import Action, PauseGate, RetryPolicy, classify, parse_retry_after
 
 
@@ -54,11 +55,20 @@ def test_a_long_retry_after_is_read_as_sent_and_only_the_wait_is_capped() -> Non
     assert RetryPolicy(base=0.5).throttled(1, 99999.0) == 3600.0
 
 
-def test_backoff_is_full_jitter_under_a_cap() -> None:
-    """Each delay is the jitter fraction of min(cap, base * 2**attempt)."""
+def test_backoff_is_equal_jitter_under_a_cap() -> None:
+    """Each delay is half of min(cap, base * 2**attempt) plus the jitter share of the other half."""
     top = RetryPolicy(base=0.5, cap=30.0, rng=lambda: 1.0)
     assert [top.backoff(a) for a in (1, 2, 3, 10)] == [1.0, 2.0, 4.0, 30.0]
-    assert RetryPolicy(rng=lambda: 0.0).backoff(5) == 0.0
+    assert RetryPolicy(base=0.5, cap=30.0, rng=lambda: 0.0).backoff(5) == 8.0
+
+
+def test_the_default_budget_rides_out_a_minute_of_outage_whatever_the_jitter() -> None:
+    """With the defaults, the waits between attempts add up to over a minute in every draw."""
+    least = RetryPolicy(rng=lambda: 0.0)
+    waits = sum(least.backoff(a) for a in range(1, least.max_attempts))
+    assert waits == least.least_ridden_out() == 75.5
+    assert RunConfig(input="x", dataset_id="d").max_attempts == least.max_attempts
+    assert RetryPolicy(max_seconds=30.0).least_ridden_out() == 30.0
 
 
 def test_throttled_waits_never_drop_below_the_floor() -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from hypothesis import strategies as st
 from test_checkpoint import done, sending, write_records
 from test_cli import DATASET, KEY, ingest_cmd, list_all, run_ingest, start_until_done, write_rows
 
+import ingest
 from ingest.checkpoint import parse_journal, read_journal
 from ingest.errors import CheckpointError
 
@@ -160,3 +164,78 @@ def test_parsing_any_damage_raises_only_a_checkpoint_error(
         return
     state.maybe_duplicated()  # and what status prints from it works too
     state.covered.merged()
+
+
+def fake_stats(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{url}/_fake/stats", timeout=10) as reply:
+        stats: dict[str, Any] = orjson.loads(reply.read())
+    return stats
+
+
+def test_status_lists_the_batches_a_killed_run_left_to_settle(tmp_path: Path) -> None:
+    """Killed while a committed batch's answer stalls: status lists it to settle; a re-run does."""
+    rows = 2_000
+    write_rows(tmp_path / "rows.jsonl", rows)
+    server = ("--api-key", KEY, "--dataset", DATASET, "--latency", "0.01")
+    with fake_process(*server, "--stall-after-commit-at", "5", "--stall-seconds", "60") as (url, _):
+        cmd = ingest_cmd(tmp_path, url, "--batch-rows", "100", "--concurrency", "1")
+        proc = subprocess.Popen(
+            cmd,
+            env={**os.environ, "ARIZE_API_KEY": KEY},
+            text=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not fake_stats(url)["stalled_now"]:
+            time.sleep(0.02)
+        proc.kill()
+        proc.wait(timeout=30)
+        report: dict[str, Any] = orjson.loads(status(tmp_path / "run.ckpt", "--json").stdout)
+        assert report["keys"] == "ingest_key"
+        assert [(b["seq"], b["lines"], b["rows"]) for b in report["to_settle"]] == [
+            (4, [401, 500], 100)
+        ]
+        text = status(tmp_path / "run.ckpt").stdout
+        assert "to settle:         1 batches (100 rows): seq 4 lines 401-500; the next run " in text
+        assert "looks their keys up" in text
+        again = run_ingest([*cmd, "--settle-lag", "0.02"])
+        assert again.returncode == 0, again.stderr
+        counts = Counter(ex["i"] for ex in list_all(url, DATASET))
+    assert counts == Counter(range(rows))  # the stalled batch was committed: found, not resent
+    after: dict[str, Any] = orjson.loads(status(tmp_path / "run.ckpt", "--json").stdout)
+    assert after["to_settle"] == []
+    assert "to settle:         none\n" in status(tmp_path / "run.ckpt").stdout
+
+
+async def test_status_of_a_journal_without_keys_says_its_batches_are_resent(
+    tmp_path: Path,
+) -> None:
+    """A run with --no-key left a batch in flight: status lists none to settle, and says why."""
+    path = tmp_path / "ck"
+    await write_records(path, [{"t": "start", "keys": None}, sending(0, 1, 10)])
+    report: dict[str, Any] = orjson.loads(status(path, "--json").stdout)
+    assert (report["keys"], report["to_settle"]) == (None, [])
+    assert report["in_flight_at_last_stop"] == [{"seq": 0, "part": "", "lines": [1, 10]}]
+    text = status(path).stdout
+    assert "to resend:         1 batches; written without row keys (--no-key" in text
+    assert "to settle" not in text
+
+
+async def test_the_start_record_names_the_key_field(fake: Any, tmp_path: Path) -> None:
+    """Each run's start record carries its key field, or null with --no-key."""
+    write_rows(tmp_path / "rows.jsonl", 10)
+    base = dict(input=str(tmp_path / "rows.jsonl"), dataset_id=fake.dataset_id, rate=0)
+    keys = {"keyed.ckpt": {"key_field_name": "row_key"}, "plain.ckpt": {"no_key": True}}
+    for name, flags in keys.items():
+        run = {**base, "base_url": fake.url, "checkpoint": str(tmp_path / name), **flags}
+        await ingest.upload(api_key=fake.api_key, **run)
+    starts = {
+        name: [
+            r["keys"]
+            for r in map(orjson.loads, (tmp_path / name).read_bytes().splitlines())
+            if r["t"] == "start"
+        ]
+        for name in keys
+    }
+    assert starts == {"keyed.ckpt": ["row_key"], "plain.ckpt": [None]}
