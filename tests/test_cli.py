@@ -49,6 +49,8 @@ def ingest_cmd(tmp_path: Path, url: str, *args: str, dataset: str = DATASET) -> 
         str(tmp_path / "run.ckpt"),
         "--rate",
         "0",
+        "--settle-lag",  # a test-mode wait: the fake shows a commit in a search at once
+        "0.05",
         *args,
     ]
 

@@ -58,6 +58,7 @@ def settings(url: str, tmp_path: Path, **kw: Any) -> dict[str, Any]:
         max_attempts=3,
         backoff_base=0.01,
         backoff_max=0.02,
+        settle_lag=0.01,
     )
     return {**base, **kw}
 
@@ -82,7 +83,7 @@ async def test_a_row_answered_500_every_time_is_rejected_from_the_cli(tmp_path: 
     """A row the server 500s on every attempt goes to the rejects file; the CLI exits 6."""
     write_rows(tmp_path / "rows.jsonl", 100)
     config = tmp_path / "run.toml"
-    config.write_text("backoff_base = 0.01\nbackoff_max = 0.02\n")
+    config.write_text("backoff_base = 0.01\nbackoff_max = 0.02\nsettle_lag = 0.01\n")
     async with scripted_server(fails_on_poison) as server:
         cmd = [
             sys.executable, "-m", "ingest", "run", str(config),
@@ -124,7 +125,7 @@ async def test_a_503_storm_ends_with_exit_5_and_rejects_nothing(tmp_path: Path) 
 
 async def test_a_500_on_every_row_stops_the_run_instead_of_rejecting_all(tmp_path: Path) -> None:
     """When row after row gets 500 with nothing delivered, the server is broken: exit 5."""
-    write_rows(tmp_path / "rows.jsonl", 200)
+    write_rows(tmp_path / "rows.jsonl", 60)
     async with scripted_server(always(500)) as server:
         run = settings(server.url, tmp_path, batch_rows=4)
         with anyio.fail_after(30), pytest.raises(ingest.RetriesExhaustedError) as info:
@@ -137,7 +138,7 @@ async def test_a_500_on_every_row_stops_the_run_instead_of_rejecting_all(tmp_pat
 
 async def test_re_runs_against_a_broken_server_reject_no_more_rows(tmp_path: Path) -> None:
     """The broken-server guard spans runs: a re-run against an always-500 server rejects nothing."""
-    write_rows(tmp_path / "rows.jsonl", 200)
+    write_rows(tmp_path / "rows.jsonl", 60)
     async with scripted_server(always(500)) as server:
         run = settings(server.url, tmp_path, batch_rows=4, concurrency=1)
         with anyio.fail_after(30), pytest.raises(ingest.RetriesExhaustedError) as info:
@@ -156,7 +157,7 @@ async def test_re_runs_against_a_broken_server_reject_no_more_rows(tmp_path: Pat
 
 async def test_a_delivery_ends_the_server_error_streak_a_journal_records(tmp_path: Path) -> None:
     """Rows delivered after server-error rejects reset the streak the next run starts from."""
-    write_rows(tmp_path / "rows.jsonl", 200)
+    write_rows(tmp_path / "rows.jsonl", 60)
     async with scripted_server(always(500)) as server:
         run = settings(server.url, tmp_path, batch_rows=4, concurrency=1)
         with anyio.fail_after(30), pytest.raises(ingest.RetriesExhaustedError) as info:
