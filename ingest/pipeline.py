@@ -52,7 +52,7 @@ from ingest.records import Start
 from ingest.redact import RedactFilter
 from ingest.replay import merge_spans
 from ingest.report import Progress, RunStats, Summary, summarize
-from ingest.resume import open_checkpoint
+from ingest.resume import check_key_field, open_checkpoint
 from ingest.retry import RetryPolicy
 from ingest.rows import Chunk
 from ingest.sender import Sender
@@ -170,7 +170,7 @@ class _Run:
             code = int(finished.get("exit_code", EXIT_OK))
             log.info("every line of this input is already done: nothing to send")
             return self.summary("already-complete", code, "every line was done by an earlier run")
-        self._check_key_field()
+        check_key_field(self.state, self.config)
         if self.state.in_flight:
             spans = ", ".join(f"{r['lines'][0]}-{r['lines'][1]}" for r in self.state.in_flight)
             then = (
@@ -236,19 +236,6 @@ class _Run:
             rejects_path=self.config.rejects_path,
         )
         return self.summary(status, code, message)
-
-    def _check_key_field(self) -> None:
-        """Refuse to look up an earlier run's batches in flight by another field than it wrote."""
-        before, now = self.state.keys, self.config.lookup_field
-        if not self.state.in_flight or before == "" or before == now or before is None:
-            return  # nothing to look up, no record of it, or an at-least-once run's rows
-        if now is None:
-            return  # --no-key now: at-least-once from here, as asked
-        raise ConfigError(
-            f"the last run keyed its rows by the field {before!r} and left batches in flight; "
-            f"they can only be looked up by it: pass the key option that run had "
-            f"(--key-field-name {before}, or --key-from {before}), or --restart to start over"
-        )
 
     def _start_record(self) -> Start:
         c = self.config

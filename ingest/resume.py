@@ -69,3 +69,17 @@ def renamed_input_checkpoint(config: RunConfig, fp: dict[str, Any]) -> RunConfig
     log.info("resuming from %s: %s is %s renamed (same content)", found[0], config.input, earlier)
     # The rejects file belongs with the checkpoint: it moves along unless given.
     return config.replace(checkpoint=found[0])
+
+
+def check_key_field(state: JournalState, config: RunConfig) -> None:
+    """Refuse to look up an earlier run's batches in flight by another field than it wrote."""
+    before, now = state.keys, config.lookup_field
+    if not state.in_flight or before == "" or before == now or before is None:
+        return  # nothing to look up, no record of it, or an at-least-once run's rows
+    if now is None:
+        return  # --no-key now: at-least-once from here, as asked
+    raise ConfigError(
+        f"the last run keyed its rows by the field {before!r} and left batches in flight; "
+        f"they can only be looked up by it: pass the key option that run had "
+        f"(--key-field-name {before}, or --key-from {before}), or --restart to start over"
+    )
