@@ -81,8 +81,12 @@ def status_command(args: argparse.Namespace) -> int:
         f"sent again by a later one ({last.in_flight_resent:,} by the last run)"
         f"\nin flight at stop: {in_flight}"
         + _settle_line(state.settles, report["to_settle"], len(state.in_flight))
-        + f"\nmaybe duplicated:  {_spans(maybe_twice, limit=20) or 'none'}"
-        f"\nlines done:        {_spans(state.covered.merged(), limit=10) or 'none'}"
+        + (
+            ""  # with keys, those batches were (or will be) looked up, not resent blindly
+            if state.settles
+            else f"\nmaybe duplicated:  {_spans(maybe_twice, limit=20) or 'none'}"
+        )
+        + f"\nlines done:        {_spans(state.covered.merged(), limit=10) or 'none'}"
     )
     return 0
 

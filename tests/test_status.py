@@ -31,16 +31,16 @@ def status(checkpoint: Path, *flags: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_a_batch_in_flight_at_two_kills_is_one_range(tmp_path: Path) -> None:
-    """Lines in flight at a kill, resent and in flight again at a second kill, count once."""
+    """Without keys, lines in flight at two kills, resent each time, count once."""
     path = tmp_path / "ck"
     await write_records(
         path,
         [
-            {"t": "start"},
+            {"t": "start", "keys": None},
             sending(0, 1, 10),
             done(0, 1, 10),
             sending(1, 11, 20),  # killed in flight
-            {"t": "start", "resent_in_flight": [[1, "", 11, 20]]},
+            {"t": "start", "keys": None, "resent_in_flight": [[1, "", 11, 20]]},
             sending(2, 11, 20),  # the same lines, killed in flight again
             sending(3, 21, 30),
             {"t": "unknown", "seq": 3, "part": "", "cause": "HTTP 503"},
@@ -53,7 +53,7 @@ async def test_a_batch_in_flight_at_two_kills_is_one_range(tmp_path: Path) -> No
     assert state.maybe_duplicated() == [(11, 30)]
     assert (state.unknown_outcomes, state.unknown_resent) == (2, 2)
     await write_records(
-        path, [{"t": "start", "resent_in_flight": [[1, "", 11, 20], [2, "", 11, 20]]}]
+        path, [{"t": "start", "keys": None, "resent_in_flight": [[1, "", 11, 20], [2, "", 11, 20]]}]
     )
     state = read_journal(str(path))
     assert [(r.unknown_resent, r.in_flight_resent) for r in state.runs] == [(0, 0), (2, 1), (0, 1)]
