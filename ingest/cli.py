@@ -23,7 +23,14 @@ import anyio
 import orjson
 
 from ingest.conclude import EXIT_INTERRUPTED
-from ingest.config import API_KEY_ENV, DEFAULT_BASE_URL, build_config, load_toml, parse_size
+from ingest.config import (
+    API_KEY_ENV,
+    DEFAULT_BASE_URL,
+    SETTING_NAMES,
+    build_config,
+    load_toml,
+    parse_size,
+)
 from ingest.errors import ConfigError, IngestError
 from ingest.pipeline import upload
 from ingest.redact import RedactFilter, redact
@@ -226,37 +233,25 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _run(args: argparse.Namespace) -> int:
+def _logging(args: argparse.Namespace) -> str:
+    """Log to stderr at the asked level, the key redacted; return the key."""
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="ingest: %(message)s", stream=sys.stderr)
     # Whatever a server echoes back, the key never reaches the terminal or the --json.
     api_key = os.environ.get(API_KEY_ENV, "").strip()
     for handler in logging.getLogger().handlers:
         handler.addFilter(RedactFilter(api_key))
-    overrides = {
-        key: getattr(args, key)
-        for key in (
-            "input",
-            "dataset_id",
-            "dataset_version_id",
-            "base_url",
-            "checkpoint",
-            "rejects",
-            "batch_rows",
-            "batch_bytes",
-            "concurrency",
-            "rate",
-            "request_timeout",
-            "max_attempts",
-            "max_retry_seconds",
-            "restart",
-            "key_field_name",
-            "no_key",
-            "key_from",
-            "settle_lag",
-            "allow_insecure_http",
-        )
-    }
+    return api_key
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the flags give (None: not given), by the names RunConfig has."""
+    return {name: getattr(args, name) for name in SETTING_NAMES if hasattr(args, name)}
+
+
+def _run(args: argparse.Namespace) -> int:
+    api_key = _logging(args)
+    overrides = _overrides(args)
     try:
         toml = load_toml(args.config) if args.config else {}
         config = build_config(toml, overrides, source=args.config or "flags")
@@ -347,11 +342,7 @@ async def _watch_signals(stop: anyio.Event, as_json: bool) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="ingest: %(message)s", stream=sys.stderr)
-    api_key = os.environ.get(API_KEY_ENV, "").strip()
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RedactFilter(api_key))
+    api_key = _logging(args)
     try:
         if args.no_key:
             raise ConfigError(
@@ -367,7 +358,7 @@ def _verify(args: argparse.Namespace) -> int:
                 )
             confirm = ask_on_terminal
         toml = load_toml(args.config) if args.config else {}
-        overrides = {key: getattr(args, key) for key in _VERIFY_FLAGS}
+        overrides = _overrides(args)
         config = build_config(toml, overrides, source=args.config or "flags")
         report = anyio.run(
             partial(verify, config, api_key=api_key, repair=args.repair, confirm=confirm),

@@ -218,6 +218,7 @@ def _is_loopback(host: str) -> bool:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+SETTING_NAMES = tuple(_FIELDS)  # what flags, TOML keys and upload() keywords may set
 
 
 def _settings_of(config: RunConfig) -> dict[str, Any]:

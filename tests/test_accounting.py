@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import anyio
 import orjson
-from test_pipeline import settings, write_rows
+from test_pipeline import settings, upload_then_stop, write_rows
 
 import ingest
 
@@ -30,23 +29,10 @@ async def test_an_interrupted_run_counts_its_queued_rows_as_pending(
 ) -> None:
     """Rows read but not sent when a stop comes are pending, so the counts still add up."""
     write_rows(tmp_path / "rows.jsonl", 4000)
-    fake.state.faults.latency = 0.05
-    stop = anyio.Event()
-
-    async def stop_soon() -> None:
-        while fake.state.example_count(fake.dataset_id) < 200:  # noqa: ASYNC110 (polls)
-            await anyio.sleep(0.01)
-        stop.set()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(stop_soon)
-        first = await ingest.upload(
-            api_key=fake.api_key, stop=stop, **settings(fake, tmp_path, batch_rows=50)
-        )
+    first = await upload_then_stop(fake, 200, 0.05, **settings(fake, tmp_path, batch_rows=50))
     assert first.exit_code == 130
     assert first.rows_pending > 0
     assert first.rows_read == first.rows_delivered + first.rows_rejected + first.rows_pending
-    fake.state.faults.latency = 0.0
     second = await ingest.upload(api_key=fake.api_key, **settings(fake, tmp_path, batch_rows=50))
     assert (second.exit_code, second.rows_pending) == (0, 0)
     assert second.rows_read + second.rows_skipped == 4000

@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-import anyio
 import orjson
 import pytest
+from test_pipeline import upload_then_stop
 
 import ingest
 from ingest.checkpoint import CheckpointJournal, read_journal
@@ -113,28 +113,17 @@ def test_a_checkpoint_of_a_newer_ingest_says_so(tmp_path: Path) -> None:
 
 async def interrupted_run(fake: Any, input_path: Path, rows_before_stop: int) -> Any:
     """Upload ``input_path`` with the default checkpoint; stop once some rows are stored."""
-    fake.state.faults.latency = 0.02
-    stop = anyio.Event()
-
-    async def stop_soon() -> None:
-        while fake.state.example_count(fake.dataset_id) < rows_before_stop:  # noqa: ASYNC110
-            await anyio.sleep(0.01)
-        stop.set()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(stop_soon)
-        summary = await ingest.upload(
-            api_key=fake.api_key,
-            stop=stop,
-            input=str(input_path),
-            dataset_id=fake.dataset_id,
-            base_url=fake.url,
-            batch_rows=100,
-            concurrency=2,
-            rate=0,
-        )
-    fake.state.faults.latency = 0.0
-    return summary
+    return await upload_then_stop(
+        fake,
+        rows_before_stop,
+        0.02,
+        input=str(input_path),
+        dataset_id=fake.dataset_id,
+        base_url=fake.url,
+        batch_rows=100,
+        concurrency=2,
+        rate=0,
+    )
 
 
 def move_into(folder: Path, path: Path) -> Path:

@@ -7,10 +7,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import anyio
 import orjson
 import pytest
-from test_pipeline import settings, write_rows
+from test_pipeline import settings, upload_then_stop, write_rows
 
 import ingest
 from ingest.keys import RowKeys, input_tag
@@ -133,19 +132,8 @@ async def test_key_from_sees_a_repeat_of_a_value_an_earlier_run_delivered(
     rows[25_000] = b'{"uid": 3}'  # repeats line 4; past what the first run reads ahead
     (tmp_path / "rows.jsonl").write_bytes(b"\n".join(rows) + b"\n")
     run = settings(fake, tmp_path, key_from="uid", batch_rows=500, concurrency=1)
-    fake.state.faults.latency = 0.02
-    stop = anyio.Event()
-
-    async def stop_soon() -> None:
-        while fake.state.example_count(fake.dataset_id) < 100:  # noqa: ASYNC110 (polls)
-            await anyio.sleep(0.01)
-        stop.set()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(stop_soon)
-        first = await ingest.upload(api_key=fake.api_key, stop=stop, **run)
+    first = await upload_then_stop(fake, 100, 0.02, **run)
     assert (first.exit_code, first.rows_rejected) == (130, 0)
-    fake.state.faults.latency = 0.0
     again = await ingest.upload(api_key=fake.api_key, **run)
     assert (again.exit_code, again.rows_rejected) == (6, 1)
     assert sorted(e["uid"] for e in fake.state.examples(fake.dataset_id)) == sorted(

@@ -53,6 +53,23 @@ def settings(fake: Any, tmp_path: Path, **kw: Any) -> dict[str, Any]:
     return {**base, **kw}
 
 
+async def upload_then_stop(fake: Any, rows: int, latency: float, **run: Any) -> Any:
+    """Upload with ``latency`` on each request; ask a stop once the server holds ``rows`` rows."""
+    fake.state.faults.latency = latency
+    stop = anyio.Event()
+
+    async def stop_soon() -> None:
+        while fake.state.example_count(fake.dataset_id) < rows:  # noqa: ASYNC110 (polls)
+            await anyio.sleep(0.01)
+        stop.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stop_soon)
+        summary = await ingest.upload(api_key=fake.api_key, stop=stop, **run)
+    fake.state.faults.latency = 0.0
+    return summary
+
+
 def by_row(examples: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
     out: dict[int, list[dict[str, Any]]] = {}
     for ex in examples:
@@ -200,22 +217,9 @@ async def test_exhausted_retries_stop_and_a_rerun_resumes(fake: Any, tmp_path: P
 async def test_stop_event_interrupts_and_the_rerun_finishes(fake: Any, tmp_path: Path) -> None:
     """A stop ends the run as interrupted (130); a re-run with other batch sizes finishes once."""
     write_rows(tmp_path / "rows.jsonl", 5000)
-    fake.state.faults.latency = 0.02
-    stop = anyio.Event()
-
-    async def stop_soon() -> None:
-        while fake.state.example_count(fake.dataset_id) < 500:  # noqa: ASYNC110 (polls the server)
-            await anyio.sleep(0.01)
-        stop.set()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(stop_soon)
-        first = await ingest.upload(
-            api_key=fake.api_key, stop=stop, **settings(fake, tmp_path, batch_rows=100)
-        )
+    first = await upload_then_stop(fake, 500, 0.02, **settings(fake, tmp_path, batch_rows=100))
     assert (first.status, first.exit_code) == ("interrupted", 130)
     assert first.rows_delivered < 5000
-    fake.state.faults.latency = 0.0
     started = time.monotonic()
     second = await ingest.upload(api_key=fake.api_key, **settings(fake, tmp_path, batch_rows=300))
     assert second.exit_code == 0, time.monotonic() - started
