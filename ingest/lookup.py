@@ -95,6 +95,11 @@ class Lookup:
         self.searches = 0  # requests made, for the summary
         self.examples_read = 0
 
+    @property
+    def wants_stored(self) -> bool:
+        """Whether keys known stored are still wanted, to check range searches against."""
+        return self._known is None and not self.natural
+
     def note_stored(self, keys: Iterable[str], lo: str, hi: str) -> None:
         """Remember a few keys the server confirmed stored: the check of a range search."""
         if self._known is None:

@@ -108,9 +108,6 @@ class JournalState:
     # sender's guard against a dataset that refuses everything starts from it likewise.
     refusal_streak: tuple[str, int] = ("", 0)
     finished: dict[str, Any] | None = None
-    # The field the last run looked rows up by (its start record's "keys"): None for a
-    # --no-key run, "" when no run said (journals written before keys).
-    keys: str | None = ""
     # Batches whose rows were sent after a look-up and not yet looked at again:
     # (seq, part) -> (first line, last line).
     recheck: dict[tuple[int, str], tuple[int, int]] = field(default_factory=dict)
@@ -165,9 +162,11 @@ class JournalState:
             self.fingerprint = {**self.fingerprint, "input": rec["input"]}
         elif kind == "start":
             self.attempts += 1
-            if "keys" in rec:
-                self.keys = rec["keys"] if isinstance(rec["keys"], str) else None
-            self.keys_recorded, self.key_field = "keys" in rec, rec.get("keys")
+            keys = rec.get("keys")
+            self.keys_recorded, self.key_field = (
+                "keys" in rec,
+                keys if isinstance(keys, str) else None,
+            )
             resent = outermost(rec.get("resent_in_flight") or [], lambda r: (r[2], r[3]))
             self.resent_lines += [(r[2], r[3]) for r in resent]
             self.runs.append(RunResends(in_flight_resent=len(resent)))

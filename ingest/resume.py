@@ -73,8 +73,8 @@ def renamed_input_checkpoint(config: RunConfig, fp: dict[str, Any]) -> RunConfig
 
 def check_key_field(state: JournalState, config: RunConfig) -> None:
     """Refuse to look up an earlier run's batches in flight by another field than it wrote."""
-    before, now = state.keys, config.lookup_field
-    if not state.in_flight or before == "" or before == now or before is None:
+    before, now = state.key_field, config.lookup_field
+    if not state.in_flight or not state.keys_recorded or before == now or before is None:
         return  # nothing to look up, no record of it, or an at-least-once run's rows
     if now is None:
         return  # --no-key now: at-least-once from here, as asked

@@ -102,7 +102,7 @@ class Settler:
 
     def stored(self, batch: Batch) -> None:
         """Note a batch the server confirmed stored: a check for range searches."""
-        if batch.keys and not self.lookup.natural:
+        if batch.keys and self.lookup.wants_stored:  # only the first: no work per batch
             self.lookup.note_stored(batch.keys, *self._bounds(batch))
 
     def resent(self, batch: Batch) -> None:
