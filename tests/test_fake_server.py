@@ -7,6 +7,7 @@ import email.utils
 import json
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,8 +20,9 @@ from fakeproc import fake_process, fake_server_command, fake_server_env
 
 import ingest.fake
 from ingest.fake import FakeArize, Faults, main, serve
-from ingest.fake.faults import TokenBucket, retry_after_header
+from ingest.fake.faults import FixedWindow, TokenBucket, retry_after_header
 from ingest.fake.filters import FilterError, compile_filter
+from ingest.fake.traffic import DatasetTraffic
 
 PROBLEM_KEYS = {"status", "title", "type", "detail", "instance", "error_code"}
 
@@ -463,6 +465,94 @@ def test_token_bucket_refills_at_the_rate() -> None:
     now[0] = 0.5
     assert bucket.take(2.0) == 0.0
     assert bucket.take(2.0) == pytest.approx(0.5)
+
+
+def test_fixed_window_admits_floor_rate_per_clock_second() -> None:
+    """A window admits max(1, floor(rate)) takes per whole clock second, then waits for the next."""
+    now = [7.25]
+    window = FixedWindow(clock=lambda: now[0])
+    assert [window.take(2.5) for _ in range(3)] == [0.0, 0.0, 0.75]
+    now[0] = 7.99
+    assert window.take(2.5) == pytest.approx(0.01)
+    now[0] = 8.0
+    assert window.take(0.5) == 0.0
+
+
+async def test_window_mode_answers_429_without_retry_after_when_told(
+    fake: FakeService, http: aiohttp.ClientSession
+) -> None:
+    """In window mode the limit counts per clock second; send_retry_after=False drops the header."""
+    fake.state.window = FixedWindow(clock=lambda: 100.5)  # one second that never ends
+    faults = fake.state.faults
+    faults.rate_limit, faults.rate_limit_mode, faults.send_retry_after = 2.0, "window", False
+    statuses = []
+    for _ in range(3):
+        async with http.post(examples_path(fake.dataset_id), json={"examples": [{"a": 1}]}) as r:
+            statuses.append(r.status)
+            assert "Retry-After" not in r.headers
+    assert statuses == [201, 201, 429]
+    assert fake.state.counters.rate_limit_refusals == 1
+    faults.send_retry_after = True
+    async with http.get(examples_path(fake.dataset_id)) as response:
+        assert (response.status, response.headers["Retry-After"]) == (429, "1")
+
+
+async def test_accept_rows_refuses_the_append_that_would_pass_it(
+    fake: FakeService, http: aiohttp.ClientSession
+) -> None:
+    """Once an append would take a dataset past accept_rows it gets 429 and stores nothing."""
+    fake.state.faults.accept_rows = 3
+    assert (await post_examples(http, fake.dataset_id, [{"a": 1}, {"a": 2}]))[0] == 201
+    assert (await post_examples(http, fake.dataset_id, [{"a": 3}, {"a": 4}]))[0] == 429
+    assert (await post_examples(http, fake.dataset_id, [{"a": 3}]))[0] == 201
+    assert fake.state.example_count(fake.dataset_id) == 3
+    assert fake.state.counters.accept_refusals == 1
+
+
+def test_traffic_counts_sliding_and_clock_seconds_and_a_timeline() -> None:
+    """The summary counts arrivals in any sliding second, per clock second, and 2xx per second."""
+    traffic = DatasetTraffic()
+    for at, status in [(10.6, 201), (10.9, 201), (11.1, 429), (11.5, 201), (13.0, 200)]:
+        traffic.answer(traffic.arrive(at, is_append=status != 200), status)
+    summary = traffic.summary(timeline=True)
+    assert (summary["requests"], summary["appends"], summary["throttled"]) == (5, 4, 1)
+    assert (summary["max_in_any_second"], summary["max_in_a_clock_second"]) == (4, 2)
+    assert summary["accepted_per_second"] == [3, 0, 1]
+    assert (summary["first_append"], summary["last_append"]) == (10.6, 11.5)
+    assert traffic.summary(since=11.2)["requests"] == 2
+
+
+async def test_stats_report_traffic_since_and_the_spread_of_a_unique_field(
+    fake: FakeService, http: aiohttp.ClientSession
+) -> None:
+    """/_fake/stats reports each dataset's traffic since a moment, and a field's spread."""
+    started = time.monotonic()
+    await post_examples(http, fake.dataset_id, [{"n": 0}, {"n": 1}, {"n": 1}])
+    async with aiohttp.ClientSession(fake.url) as anonymous:
+        async with anonymous.get("/_fake/stats", params={"unique": "n"}) as response:
+            stats = await response.json()
+        async with anonymous.get("/_fake/stats", params={"since": "1e12"}) as response:
+            later = await response.json()
+        async with anonymous.get("/_fake/stats", params={"since": "soon"}) as response:
+            assert response.status == 400
+    traffic = stats["traffic"][fake.dataset_id]
+    assert (traffic["requests"], traffic["accepted"], traffic["throttled"]) == (1, 1, 0)
+    assert traffic["first_append"] >= started  # one monotonic clock for every process
+    assert stats["unique"][fake.dataset_id] == {
+        "field": "n", "rows": 3, "distinct": 2, "min": 0, "max": 1
+    }  # fmt: skip
+    assert later["traffic"][fake.dataset_id]["requests"] == 0
+
+
+def test_subprocess_flags_set_window_mode_no_retry_after_and_accept_rows() -> None:
+    """--rate-limit-mode window, --no-retry-after and --accept-rows reach the server's faults."""
+    args = ["--api-key", "sub-key", "--dataset", SUB_DATASET, "--rate-limit", "1000"]
+    flags = ["--rate-limit-mode", "window", "--no-retry-after", "--accept-rows", "1"]
+    with fake_process(*args, *flags) as (url, _):
+        assert [_urlopen(url, SUB_POST, ONE_ROW) for _ in range(2)] == [(201, ""), (429, "")]
+        with urllib.request.urlopen(f"{url}/_fake/faults", timeout=10) as response:
+            faults = json.loads(response.read())
+        assert (faults["rate_limit_mode"], faults["send_retry_after"]) == ("window", False)
 
 
 async def test_large_bodies_get_500(fake: FakeService, http: aiohttp.ClientSession) -> None:
@@ -951,6 +1041,8 @@ async def test_faults_endpoint_reads_and_changes_the_faults(
         ["--outage-after-requests", "3"],
         ["--drop-after-commit-rate", "2"],
         ["--stall-seconds", "-1"],
+        ["--accept-rows", "-1"],
+        ["--rate-limit", "5", "--rate-limit-mode", "sliding"],
     ],
 )
 def test_main_refuses_bad_fault_values(flag: list[str]) -> None:

@@ -29,6 +29,7 @@ from ingest.fake.injected import (
     close_connection,
     install,
     refuse_before_handler,
+    throttled,
 )
 from ingest.fake.payload import (
     MAX_EXAMPLES_PER_REQUEST,
@@ -43,6 +44,7 @@ from ingest.fake.payload import (
 )
 from ingest.fake.problems import Problem
 from ingest.fake.storage import Dataset, DatasetVersion, FakeArize, RequestLogEntry
+from ingest.fake.traffic import DatasetTraffic
 
 STATE: Final = web.AppKey("state", FakeArize)
 # Far above any body the real API takes; `Faults.max_body_bytes` imposes the real limit.
@@ -63,7 +65,6 @@ def make_app(state: FakeArize) -> web.Application:
     app[STATE] = state
     install(app, state)
     examples = "/v2/datasets/{dataset_id}/examples"
-    app.router.add_get("/_fake/stats", _stats)
     app.router.add_get("/v2/datasets", _list_datasets)
     app.router.add_post("/v2/datasets", _create_dataset)
     app.router.add_get("/v2/datasets/{dataset_id}", _get_dataset)
@@ -82,6 +83,11 @@ async def _fake_api(request: web.Request, handler: Handler) -> web.StreamRespons
     state = request.app[STATE]
     status = 500
     is_append = request.match_info.route.name == INSERT_ROUTE and request.method == "POST"
+    dataset_id = request.match_info.get("dataset_id")
+    traffic = None
+    if dataset_id is not None and request.path.startswith("/v2/"):
+        traffic = state.traffic.setdefault(dataset_id, DatasetTraffic())
+        arrival = traffic.arrive(time.monotonic(), is_append=is_append)
     try:
         if request.path.startswith("/v2/"):
             response = await _through_faults(request, handler, state, is_append)
@@ -98,6 +104,8 @@ async def _fake_api(request: web.Request, handler: Handler) -> web.StreamRespons
     finally:
         if is_append and status != 0:
             state.counters.posts_answered += 1
+        if traffic is not None:
+            traffic.answer(arrival, status)
         state.requests.append(
             RequestLogEntry(time.monotonic(), request.method, request.path, status)
         )
@@ -119,7 +127,7 @@ async def _through_faults(
     try:
         if faults.latency > 0:
             await asyncio.sleep(faults.latency)
-        refuse_before_handler(faults, counters, state.bucket, is_append=is_append)
+        refuse_before_handler(faults, counters, (state.bucket, state.window), is_append=is_append)
         if request.headers.get("Authorization") != f"Bearer {state.api_key}":
             raise Problem(401, "missing or invalid API key in the Authorization header")
         return await handler(request)
@@ -187,10 +195,6 @@ def _pagination(kind: str, next_position: int | None) -> dict[str, Any]:
     if next_position is None:
         return {"has_more": False}
     return {"has_more": True, "next_cursor": _encode_cursor(kind, next_position)}
-
-
-async def _stats(request: web.Request) -> web.Response:
-    return _json(request.app[STATE].stats())
 
 
 async def _list_datasets(request: web.Request) -> web.Response:
@@ -263,6 +267,9 @@ async def _insert_examples(request: web.Request) -> web.Response:
     version = _version(dataset, request.query.get("dataset_version_id"))
     body = Body(raw)
     examples = example_list(body)
+    if faults.accept_rows is not None and dataset.rows.count + len(examples) > faults.accept_rows:
+        state.counters.accept_refusals += 1
+        raise throttled(faults, f"the dataset takes {faults.accept_rows} rows in all", 1.0)
     if faults.refuse_field is not None:
         for index, example in enumerate(examples):
             if faults.refuse_field in example:

@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 
-from ingest.fake.faults import Faults
+from ingest.fake.faults import RATE_LIMIT_MODES, Faults
 from ingest.fake.server import serve
 from ingest.fake.storage import FakeArize
 
@@ -37,7 +37,20 @@ def _parser() -> argparse.ArgumentParser:
     add("--fail-rate", type=float, default=0.0, metavar="P", help="503 before storing")
     add("--fail-after-commit-rate", type=float, default=0.0, metavar="P", help="503 after storing")
     add("--rate-limit", type=float, metavar="RPS", help="requests/s allowed before 429")
+    add(
+        "--rate-limit-mode",
+        choices=RATE_LIMIT_MODES,
+        default="bucket",
+        help="token bucket, or fixed one-second windows of the server clock (default: %(default)s)",
+    )
     add("--retry-after", type=float, metavar="S", help="Retry-After sent with each 429")
+    add("--no-retry-after", action="store_true", help="send every 429 without a Retry-After")
+    add(
+        "--accept-rows",
+        type=int,
+        metavar="N",
+        help="a dataset takes N rows in all; appends beyond get 429, nothing stored",
+    )
     add("--max-body-bytes", type=int, metavar="N", help="larger bodies get HTTP 500")
     add("--refuse-field", metavar="NAME", help="422 for any example with this field")
     add(
@@ -121,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"fail rates are fractions from 0 to 1; got {rate}")
     if args.rate_limit is not None and args.rate_limit <= 0:
         parser.error("--rate-limit must be positive")
+    if args.accept_rows is not None and args.accept_rows < 0:
+        parser.error("--accept-rows must not be negative")
     counts = [*args.stall_after_commit_at, args.outage_after_requests]
     for count in counts:
         if count is not None and count < 1:
@@ -135,7 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         fail_rate=args.fail_rate,
         fail_after_commit_rate=args.fail_after_commit_rate,
         rate_limit=args.rate_limit,
+        rate_limit_mode=args.rate_limit_mode,
+        send_retry_after=not args.no_retry_after,
         retry_after=args.retry_after,
+        accept_rows=args.accept_rows,
         max_body_bytes=args.max_body_bytes,
         refuse_field=args.refuse_field,
         drop_after_commit_rate=args.drop_after_commit_rate,

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Final
 
 
 @dataclass(slots=True)
@@ -32,8 +33,17 @@ class Faults:
     """Fraction of POST examples answered 503 after storing: a retry duplicates."""
     rate_limit: float | None = None
     """Requests per second allowed over all /v2 requests; beyond it, 429."""
+    rate_limit_mode: str = "bucket"
+    """How `rate_limit` counts: "bucket", a token bucket of max(1, rate) tokens, or
+    "window", at most max(1, floor(rate)) requests in each second of the server's
+    monotonic clock (`floor(time.monotonic())`), as a fixed-window limiter does."""
+    send_retry_after: bool = True
+    """False: every 429 comes without a Retry-After, so the client must guess the wait."""
     retry_after: float | None = None
     """Retry-After sent with a 429; None means the time until a token frees."""
+    accept_rows: int | None = None
+    """Rows a dataset takes in all; a POST examples that would pass it gets 429 and stores
+    nothing, so a benchmark can leave a run part done with no doubt about any batch."""
     max_body_bytes: int | None = None
     """Bodies larger than this get HTTP 500, as Arize does with large bodies."""
     refuse_field: str | None = None
@@ -123,6 +133,40 @@ class TokenBucket:
             self._tokens -= 1.0
             return 0.0
         return (1.0 - self._tokens) / rate if rate > 0 else math.inf
+
+
+class FixedWindow:
+    """A fixed one-second window limiter: at most max(1, floor(rate)) takes per second.
+
+    The windows are the whole seconds of the clock, so a client can be checked
+    against them from outside; a burst straddling two windows gets up to twice the
+    rate through in one second, as real fixed-window limiters allow.
+
+    >>> window = FixedWindow(clock=lambda: 10.25)
+    >>> window.take(1.0)
+    0.0
+    >>> window.take(1.0)  # full until the clock reaches 11
+    0.75
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._second = -math.inf
+        self._count = 0
+
+    def take(self, rate: float) -> float:
+        """Take a place in this second; return 0.0 on success, else seconds until the next."""
+        now = self._clock()
+        second = math.floor(now)
+        if second != self._second:
+            self._second, self._count = second, 0
+        if self._count < max(1, math.floor(rate)):
+            self._count += 1
+            return 0.0
+        return second + 1 - now
+
+
+RATE_LIMIT_MODES: Final = ("bucket", "window")
 
 
 def retry_after_header(faults: Faults, wait: float, *, now: float | None = None) -> str:

@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Final
 import orjson
 from aiohttp import web
 
-from ingest.fake.faults import FaultDice, Faults, TokenBucket, retry_after_header
+from ingest.fake.faults import (
+    RATE_LIMIT_MODES,
+    FaultDice,
+    Faults,
+    FixedWindow,
+    TokenBucket,
+    retry_after_header,
+)
 from ingest.fake.problems import Problem
 
 if TYPE_CHECKING:
@@ -64,10 +71,14 @@ class Counters:
     """Requests answered 503 because of an outage window."""
     storm_refusals: int = 0
     """Requests answered 429 because of a throttle storm."""
+    rate_limit_refusals: int = 0
+    """Requests answered 429 because of the rate limit."""
+    accept_refusals: int = 0
+    """POST examples answered 429 because the dataset holds `accept_rows` rows."""
 
 
 def install(app: web.Application, state: FakeArize) -> None:
-    """Give `app` the event that ends every stall at shutdown, and `/_fake/faults`."""
+    """Give `app` the event that ends every stall at shutdown, /_fake/stats and /_fake/faults."""
     app[STALL_RELEASE] = asyncio.Event()
 
     async def release(app: web.Application) -> None:
@@ -86,6 +97,18 @@ def install(app: web.Application, state: FakeArize) -> None:
                 return problem.response(request.path)
         return web.json_response(faults_json(state.faults), dumps=_dumps)
 
+    async def stats_endpoint(request: web.Request) -> web.Response:
+        query = request.query
+        try:
+            since = float(query.get("since", "-inf"))
+        except ValueError:
+            return Problem(400, "`since` is monotonic seconds, e.g. 1234.5").response(request.path)
+        stats = state.stats(
+            since=since, timeline=query.get("timeline") == "1", unique=query.get("unique")
+        )
+        return web.json_response(stats, dumps=_dumps)
+
+    app.router.add_get("/_fake/stats", stats_endpoint)
     app.router.add_get("/_fake/faults", faults_endpoint)
     app.router.add_patch("/_fake/faults", faults_endpoint)
 
@@ -99,10 +122,16 @@ def start_window(seconds: float) -> float:
     return time.monotonic() + seconds
 
 
+def throttled(faults: Faults, detail: str, wait: float) -> Problem:
+    """A 429 whose Retry-After says `wait` (or the configured value), unless none is sent."""
+    headers = {"Retry-After": retry_after_header(faults, wait)} if faults.send_retry_after else {}
+    return Problem(429, detail, headers=headers)
+
+
 def refuse_before_handler(
     faults: Faults,
     counters: Counters,
-    bucket: TokenBucket,
+    limiters: tuple[TokenBucket, FixedWindow],
     *,
     is_append: bool,
 ) -> None:
@@ -118,18 +147,15 @@ def refuse_before_handler(
         faults.throttle_until, faults.throttle_storm = now + faults.throttle_storm, 0.0
     if faults.throttle_until is not None and now < faults.throttle_until:
         counters.storm_refusals += 1
-        raise Problem(
-            429,
-            "too many requests; slow down",
-            headers={"Retry-After": retry_after_header(faults, faults.throttle_until - now)},
-        )
+        raise throttled(faults, "too many requests; slow down", faults.throttle_until - now)
     if faults.rate_limit is not None:
-        wait = bucket.take(faults.rate_limit)
+        bucket, window = limiters
+        limiter = window if faults.rate_limit_mode == "window" else bucket
+        wait = limiter.take(faults.rate_limit)
         if wait > 0:
-            raise Problem(
-                429,
-                f"rate limit of {faults.rate_limit:g} requests/s exceeded",
-                headers={"Retry-After": retry_after_header(faults, wait)},
+            counters.rate_limit_refusals += 1
+            raise throttled(
+                faults, f"rate limit of {faults.rate_limit:g} requests/s exceeded", wait
             )
 
 
@@ -192,7 +218,10 @@ def change_faults(faults: Faults, changes: object) -> None:
         if name not in hints or name.endswith("_until"):
             raise Problem(400, f"{name!r} is not a fault that can be set")
         allowed = typing.get_args(hints[name]) or (hints[name],)
-        if name == "stall_after_commit_at":
+        if name == "rate_limit_mode":
+            if value not in RATE_LIMIT_MODES:
+                raise Problem(400, f"`rate_limit_mode` is one of {', '.join(RATE_LIMIT_MODES)}")
+        elif name == "stall_after_commit_at":
             if not isinstance(value, list) or not all(type(k) is int for k in value):
                 raise Problem(400, "`stall_after_commit_at` takes a list of commit numbers")
             value = frozenset(value)

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import math
 import os
 import random
 import string
@@ -25,8 +26,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final, NamedTuple
 
-from ingest.fake.faults import FaultDice, Faults, TokenBucket
+from ingest.fake.faults import FaultDice, Faults, FixedWindow, TokenBucket
 from ingest.fake.injected import Counters, start_window
+from ingest.fake.traffic import DatasetTraffic, census
 
 DEFAULT_SPACE_ID: Final = "U3BhY2U6MTphQmNE"  # base64 of "Space:1:aBcD"
 REQUEST_LOG_SIZE: Final = 100_000
@@ -255,6 +257,8 @@ class FakeArize:
         self.requests: deque[RequestLogEntry] = deque(maxlen=REQUEST_LOG_SIZE)
         self.clock = StampClock()
         self.bucket = TokenBucket()
+        self.window = FixedWindow()
+        self.traffic: dict[str, DatasetTraffic] = {}
         self.dice = FaultDice()
         self._numbers = itertools.count(1)
 
@@ -312,16 +316,33 @@ class FakeArize:
         rows = self.datasets[dataset_id].rows
         return [rows.raw(row) for row in rows.live_rows()]
 
-    def stats(self) -> dict[str, Any]:
-        """What `GET /_fake/stats` answers: the counters and each dataset's row count."""
+    def stats(
+        self, *, since: float = -math.inf, timeline: bool = False, unique: str | None = None
+    ) -> dict[str, Any]:
+        """What `GET /_fake/stats` answers: the counters and each dataset's row count.
+
+        `traffic` has each dataset's requests since `since` (see `DatasetTraffic.summary`);
+        `unique` names a row field whose spread over each dataset's rows `census` reports,
+        to tell rows landed once from duplicates (it reads every row: ask at the end).
+        """
         counters = self.counters
         in_flight = self.post_examples_requests - counters.posts_answered - counters.drops
-        return {
+        body = {
             "post_examples_requests": self.post_examples_requests,
             **dataclasses.asdict(counters),
             "posts_in_flight": in_flight,
             "datasets": {dataset_id: d.rows.count for dataset_id, d in self.datasets.items()},
+            "traffic": {
+                dataset_id: traffic.summary(since, timeline=timeline)
+                for dataset_id, traffic in self.traffic.items()
+            },
         }
+        if unique is not None:
+            body["unique"] = {
+                dataset_id: census(self.raw_examples(dataset_id), unique)
+                for dataset_id in self.datasets
+            }
+        return body
 
     def example_count(self, dataset_id: str) -> int:
         """How many live examples a dataset holds."""
