@@ -1,4 +1,8 @@
-"""The yardstick: a bare aiohttp + orjson uploader with no checkpoint and no retries.
+"""The ceiling: a minimal aiohttp + orjson uploader, with no checkpoint and no retries.
+
+It streams the JSONL, parses each row with orjson (a client must at least know a row
+is JSON), batches them and POSTs at a fixed concurrency. Nothing else: no validation
+beyond the parse, no keys, no journal, no retries; a failed request ends it.
 
 Usage: bare.py INPUT URL DATASET_ID [BATCH_ROWS] [CONCURRENCY]; key from ARIZE_API_KEY.
 """
@@ -11,6 +15,7 @@ import sys
 from urllib.parse import quote
 
 import aiohttp
+import orjson
 
 
 async def main(path: str, url: str, dataset: str, rows: int, concurrency: int) -> None:
@@ -27,17 +32,19 @@ async def main(path: str, url: str, dataset: str, rows: int, concurrency: int) -
                 await resp.read()
                 resp.raise_for_status()
 
-    async with aiohttp.ClientSession() as session:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
         tasks = [asyncio.create_task(worker(session)) for _ in range(concurrency)]
-        batch: list[bytes] = []
+        batch: list[object] = []
+        loads, dumps = orjson.loads, orjson.dumps
         with open(path, "rb") as f:  # noqa: ASYNC230 (bare on purpose: the simplest uploader)
             for line in f:
-                batch.append(line.rstrip(b"\n"))
+                batch.append(loads(line))
                 if len(batch) == rows:
-                    await queue.put(b'{"examples":[' + b",".join(batch) + b"]}")
+                    await queue.put(dumps({"examples": batch}))
                     batch = []
         if batch:
-            await queue.put(b'{"examples":[' + b",".join(batch) + b"]}")
+            await queue.put(dumps({"examples": batch}))
         for _ in tasks:
             await queue.put(None)
         await asyncio.gather(*tasks)
