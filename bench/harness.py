@@ -277,18 +277,30 @@ def median_row(name: str, runs: list[Run], ceiling: float | None) -> dict[str, A
     }
 
 
-def print_table(title: str, rows: list[dict[str, Any]]) -> None:
+EXTRA_COLUMNS = {
+    "steady_accepted_per_s": ("steady 2xx/s", "{:.2f}"),
+    "throttled_share": ("429 share", "{:.1%}"),
+    "max_in_any_second": ("max in any 1 s", "{}"),
+    "max_in_a_clock_second": ("max in a clock s", "{}"),
+}
+
+
+def print_table(title: str, rows: list[dict[str, Any]], ratio: str = "× ceiling") -> None:
+    extra = [key for key in EXTRA_COLUMNS if key in rows[0]]
     print(f"\n### {title}\n")
-    print("| client | rows | rows/s | CPU µs/row | peak RSS MiB | requests | 429s | "
-          "once | × ceiling |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---:|---|---:|")
+    heads = ["client", "rows", "rows/s", "CPU µs/row", "peak RSS MiB", "requests", "429s",
+             "once", ratio, *(EXTRA_COLUMNS[k][0] for k in extra)]  # fmt: skip
+    print("| " + " | ".join(heads) + " |")
+    print("|---|" + "---:|" * 6 + "---|" + "---:|" * (1 + len(extra)))
     for r in rows:
-        ratio = "" if r.get("vs_ceiling") is None else f"{r['vs_ceiling']:.2f}"
-        print(
-            f"| {r['client']} | {r['rows']:,} | {r['rows_per_s']:,.0f} | "
-            f"{r['cpu_us_per_row']:.2f} | {r['peak_rss_mib']:.0f} | {r['requests']:,.0f} | "
-            f"{r['throttled']:,.0f} | {'yes' if r['exactly_once'] else 'NO'} | {ratio} |"
-        )
+        cells = [
+            r["client"], f"{r['rows']:,}", f"{r['rows_per_s']:,.0f}",
+            f"{r['cpu_us_per_row']:.2f}", f"{r['peak_rss_mib']:.0f}", f"{r['requests']:,.0f}",
+            f"{r['throttled']:,.0f}", "yes" if r["exactly_once"] else "NO",
+            "" if r.get("vs_ceiling") is None else f"{r['vs_ceiling']:.2f}",
+            *(EXTRA_COLUMNS[k][1].format(r[k]) for k in extra),
+        ]  # fmt: skip
+        print("| " + " | ".join(cells) + " |")
 
 
 def print_targets(targets: list[dict[str, Any]]) -> None:

@@ -80,10 +80,11 @@ SCENARIOS: dict[str, Scenario] = {
 
 
 def show(result: dict[str, Any]) -> None:
+    ratio = result.get("ratio", "× ceiling")
     if "table" in result:
-        print_table(result["title"], result["table"])
+        print_table(result["title"], result["table"], ratio)
     for sub in result.get("tables", []):
-        print_table(f"{result['title']}: {sub['title']}", sub["table"])
+        print_table(f"{result['title']}: {sub['title']}", sub["table"], ratio)
     print()
     print_targets(result["targets"])
 
