@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 from harness import (
     Server,
     alternate,
@@ -55,15 +56,21 @@ def memory(server: Server, tmp: Path, rounds: int) -> dict[str, Any]:
 
 
 def _ninety_percent(server: Server, tmp: Path, rows: int) -> tuple[str, Path, Path]:
-    """A journal of the whole input, 90% delivered: the server takes 90% of the rows, then
-    answers 429 (nothing stored, so no batch is in doubt) until a SIGINT stops the run."""
+    """A journal of the whole input, 90% delivered and no batch in doubt.
+
+    One request at a time, the server takes 90% of the rows, then answers 429 (nothing
+    stored) until a SIGINT ends the run; the journal is then cut after its last `done`
+    record, dropping the throttled batch's `sending` (which a resume would look up,
+    although a 429 proves it was not stored): exactly a crash right after that batch.
+    """
     sample = write_sample(tmp / f"e{rows}.jsonl", rows)
     dataset = server.dataset()
     done = rows * 9 // 10
     server.calm()
     server.faults(accept_rows=done)
     refused = server.get("/_fake/stats")["accept_refusals"]
-    proc = spawn(ingest(sample, server.url, tmp, "--rate", "0")(dataset))
+    flags = ("--rate", "0", "--concurrency", "1")
+    proc = spawn(ingest(sample, server.url, tmp, *flags)(dataset))
     deadline = time.monotonic() + 1800
     while time.monotonic() < deadline and proc.poll() is None:
         stats = server.get("/_fake/stats")
@@ -76,8 +83,18 @@ def _ninety_percent(server: Server, tmp: Path, rows: int) -> tuple[str, Path, Pa
         proc.stderr.close()
     server.calm()
     ckpt = tmp / f"{dataset.rstrip('=')}.ckpt"
-    shutil.copyfile(ckpt, tmp / f"e{rows}.saved")
+    lines = ckpt.read_bytes().splitlines(keepends=True)
+    last_done = max(i for i, line in enumerate(lines) if _kind(line) == "done")
+    (tmp / f"e{rows}.saved").write_bytes(b"".join(lines[: last_done + 1]))
     return dataset, sample, ckpt
+
+
+def _kind(line: bytes) -> object:
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None  # a torn line
+    return record.get("t") if isinstance(record, dict) else None
 
 
 def _first_post(server: Server, dataset: str, sample: Path, ckpt: Path, *, finish: bool) -> float:
