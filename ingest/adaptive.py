@@ -13,8 +13,8 @@ decisions are tested on numbers (as botocore tests ``retries/throttling.py``).
   seconds (the climb back takes ``CLIMB_REQUESTS`` requests at any rate), so no
   constant favours one server's limit: a 5/s limit is found as well as a 500/s one.
 - ``AdaptiveConcurrency``: requests in flight, as Vector's adaptive request
-  concurrency and TCP do: start at 1 and double every round trip (slow start)
-  while the latency holds and the limit is reached, then add 1 a round trip;
+  concurrency and TCP do: start at 1 and add 1 for each answer while the limit
+  is reached (slow start: doubling every round trip), then add 1 a round trip;
   cut by ``CONCURRENCY_CUT`` on back pressure (429, 5xx, no answer) or when the
   round trip grows past twice its best.
 """
@@ -226,8 +226,15 @@ class AdaptiveConcurrency:
             self._window_end = now + rtt
         self._rtts += rtt
         self._answers += 1
-        self._reached |= in_flight >= self.value
+        # Limited by the limit, as RFC 7661 counts it: more than half of it in use. (A
+        # full limit is seldom seen exactly: slots refill one worker at a time.)
+        used = 2 * in_flight > self.value
+        self._reached |= used
         self._pressure |= pressure
+        if self.slow_start and not pressure and used:
+            # One more for each answer while the limit is full: doubles every round trip,
+            # as TCP's slow start does, without waiting for the window to end.
+            self.limit = min(float(self.maximum), self.limit + 1)
         if now >= self._window_end:
             self._adjust(now)
 
@@ -238,10 +245,8 @@ class AdaptiveConcurrency:
         if self._pressure or queueing:
             self.limit = max(1.0, self.limit * CONCURRENCY_CUT)
             self.slow_start = False
-        elif self._reached:
-            self.limit = min(
-                float(self.maximum), self.limit * 2 if self.slow_start else self.limit + 1
-            )
+        elif self._reached and not self.slow_start:
+            self.limit = min(float(self.maximum), self.limit + 1)
         self._means.append(mean)
         # The next window lasts a round trip, so each change is seen before the next.
         self._window_end = now + mean

@@ -153,13 +153,13 @@ def test_an_unknown_limit_is_found_and_held(limit: float, mode: str, retry_after
 
 
 def test_concurrency_starts_at_one_and_doubles_each_round_trip_while_latency_holds() -> None:
-    """Slow start: 1, 2, 4, 8 ... while every request of a round trip comes back as fast."""
+    """Slow start: 1, 2, 4, 8 ... while every request of a round trip comes back as fast
+    (each answer while the limit is full lets one more go)."""
     c, now, seen = AdaptiveConcurrency(maximum=128), 0.0, []
     for _ in range(9):
-        for _ in range(c.value):
-            c.answered(now, rtt=0.15, in_flight=c.value, pressure=False)
         now += 0.15
-        c.answered(now, rtt=0.15, in_flight=c.value, pressure=False)
+        for _ in range(c.value):  # the round trip's answers; each freed slot is refilled
+            c.answered(now, rtt=0.15, in_flight=c.value, pressure=False)
         seen.append(c.value)
     assert seen[:4] == [2, 4, 8, 16] and seen[-1] == 128
 
