@@ -144,15 +144,19 @@ class RetryingCaller:
         while True:
             if await self.pacer.turn(self.stopping) is None:
                 raise Abandoned
-            if on_first_send is not None:
-                await on_first_send()  # durable before the POST; no stop check after it
-                on_first_send = None
-            if owed_retry is not None:
-                self._stats.retries[retry_kind(owed_retry)] += 1
-            owed_retry = None
-            self._stats.requests += 1
-            sent = self._clock()  # after the journal's fsync: the round trip is the request's
-            reply, action, cause = await self._attempt(request)
+            try:
+                if on_first_send is not None:
+                    await on_first_send()  # durable before the POST; no stop check after it
+                    on_first_send = None
+                if owed_retry is not None:
+                    self._stats.retries[retry_kind(owed_retry)] += 1
+                owed_retry = None
+                self._stats.requests += 1
+                sent = self._clock()  # after the journal's fsync: the round trip is the request's
+                reply, action, cause = await self._attempt(request)
+            except BaseException:
+                self.pacer.forfeit()  # no outcome to learn from (a fatal error, a cancel)
+                raise
             if action is Action.RATE_LIMITED:
                 throttled += 1
                 after = parse_retry_after(reply.retry_after if reply else None)

@@ -92,6 +92,10 @@ class Pacer(Protocol):
         """An attempt ended; seconds before it may go again if throttled."""
         ...
 
+    def forfeit(self) -> None:
+        """A turn ended with no outcome (an error before or instead of an answer)."""
+        ...
+
     def snapshot(self) -> PacerSnapshot:
         """The state now."""
         ...
@@ -226,6 +230,10 @@ class _Pacer:
 
     def _recorded(self, attempt: Attempt) -> float:
         raise NotImplementedError
+
+    def forfeit(self) -> None:
+        """A turn ended with no outcome: it is no longer in flight, and teaches nothing."""
+        self._in_flight -= 1
 
     def pause(self, seconds: float) -> None:
         """Hold every request for ``seconds`` from now (an earlier end never shortens it)."""

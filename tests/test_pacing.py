@@ -240,3 +240,18 @@ def test_the_snapshot_names_the_pacing_state() -> None:
     assert snap.rate_found and snap.concurrency_found
     fixed = pacer_for(rate=20.0, concurrency=8, policy=POLICY).snapshot()
     assert fixed.rate == 20.0 and fixed.concurrency == 8 and not fixed.rate_found
+
+
+async def test_a_request_that_raises_is_no_longer_counted_in_flight() -> None:
+    """A turn that ends in an exception instead of an answer leaves nothing in flight,
+    so the concurrency's use is not overstated for the rest of the run."""
+    clock = FakeClock()
+    pacer = AdaptivePacer(rate=None, concurrency=None, clock=clock)
+    caller = _caller(pacer)
+
+    async def broken() -> Reply:
+        raise RuntimeError("a bug below the caller")
+
+    with pytest.raises(RuntimeError):
+        await _in_virtual_time(clock, lambda: caller.call(broken, "batch 1"))
+    assert pacer.snapshot().in_flight == 0
