@@ -255,3 +255,21 @@ async def test_a_request_that_raises_is_no_longer_counted_in_flight() -> None:
     with pytest.raises(RuntimeError):
         await _in_virtual_time(clock, lambda: caller.call(broken, "batch 1"))
     assert pacer.snapshot().in_flight == 0
+
+
+def test_the_progress_line_shows_the_pacing_state() -> None:
+    """The live line names the rate and concurrency, whether found, and the 429s."""
+    from ingest.pacing import PacerSnapshot
+    from ingest.report import Progress
+
+    snap = PacerSnapshot(
+        rate=17.6,
+        concurrency=8,
+        in_flight=3,
+        throttled=12,
+        paused=0.0,
+        rate_found=True,
+        concurrency_found=True,
+    )
+    line = Progress(RunStats(), pacing=lambda: snap).line()
+    assert "rate 17.6 req/s (auto), concurrency 8 (auto), 3 in flight, 12 throttled (429)" in line
