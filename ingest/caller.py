@@ -3,11 +3,12 @@
 Takes a request (a coroutine function answering a ``Reply``) and what it is for;
 gives back the reply that ends the retries, or raises. Every request of a run
 goes through one ``RetryingCaller``: the sender's appends and the preflight's
-GET (and, next, settling's searches and deletes), so all of them share the
-retry rules, the rate limiter, the 429 pause (``PauseGate``: a 429 stops every
-worker until ``Retry-After``) and the stop: after a stop request no new request
-starts, and a retry waiting its turn is abandoned (``Abandoned``). The
-preflight alone bounds a host that cannot be reached tighter (``Unreachable``).
+GET, settling's searches and deletes, so all of them share the retry rules,
+the ``Pacer`` (whose turn each attempt waits for, and which hears how each one
+went: status, round trip, ``Retry-After``) and the stop: after a stop request no
+new request starts, and a retry waiting its turn is abandoned (``Abandoned``).
+Time is read and waited through the pacer's one ``Clock``. The preflight alone
+bounds a host that cannot be reached tighter (``Unreachable``).
 """
 
 from __future__ import annotations
@@ -15,14 +16,13 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-import time
 from collections.abc import Awaitable, Callable
 
 import aiohttp
 import anyio
-from aiolimiter import AsyncLimiter
 
 from ingest.client import Reply
+from ingest.clock import sleep_unless
 from ingest.errors import (
     AuthError,
     BaseUrlError,
@@ -30,11 +30,11 @@ from ingest.errors import (
     DeliveryError,
     RetriesExhaustedError,
 )
+from ingest.pacing import Attempt, FixedPacer, Pacer
 from ingest.report import RunStats
 from ingest.retry import (
     ROW_ERROR_STATUSES,
     Action,
-    PauseGate,
     RetryPolicy,
     classify,
     parse_retry_after,
@@ -79,8 +79,8 @@ class UnknownOutcome(Exception):
 class RetryingCaller:
     """Makes requests within the retry bounds; one per run, shared by every worker.
 
-    caller = RetryingCaller(policy=policy, stats=stats, describe=describe, stopping=stop,
-                            base_url="https://api.arize.com")
+    caller = RetryingCaller(policy=policy, stats=stats, describe=describe, pacer=pacer,
+                            stopping=stop, base_url="https://api.arize.com")
     reply = await caller.call(client.get_dataset, "the preflight GET of the dataset")
     """
 
@@ -90,20 +90,18 @@ class RetryingCaller:
         policy: RetryPolicy,
         stats: RunStats,
         describe: Callable[[Action, Reply], str],
-        limiter: AsyncLimiter | None = None,
-        gate: PauseGate | None = None,
+        pacer: Pacer | None = None,
         stopping: anyio.Event | None = None,
-        clock: Callable[[], float] = time.monotonic,
         base_url: str = "",
     ) -> None:
         self._policy = policy
         self._base_url = base_url  # names the API in a TLS failure
         self._stats = stats
         self._describe = describe
-        self._limiter = limiter
-        self._gate = gate or PauseGate(clock)
+        # Alone (the preflight): one request at a time, no rate, the classic 429 pause.
+        self.pacer = pacer or FixedPacer(rate=None, concurrency=1, policy=policy)
         self.stopping = stopping or anyio.Event()
-        self._clock = clock
+        self._clock = self.pacer.clock.now
 
     async def call(
         self,
@@ -144,16 +142,30 @@ class RetryingCaller:
         # counted by the journal, which sees every run's.)
         owed_retry: str | None = None
         while True:
-            await self._ready()
-            if on_first_send is not None:
-                await on_first_send()  # durable before the POST; no stop check after it
-                on_first_send = None
-            if owed_retry is not None:
-                self._stats.retries[retry_kind(owed_retry)] += 1
-            owed_retry = None
-            self._stats.requests += 1
-            sent = self._clock()
-            reply, action, cause = await self._attempt(request)
+            if await self.pacer.turn(self.stopping) is None:
+                raise Abandoned
+            try:
+                if on_first_send is not None:
+                    await on_first_send()  # durable before the POST; no stop check after it
+                    on_first_send = None
+                if owed_retry is not None:
+                    self._stats.retries[retry_kind(owed_retry)] += 1
+                owed_retry = None
+                self._stats.requests += 1
+                sent = self._clock()  # after the journal's fsync: the round trip is the request's
+                reply, action, cause = await self._attempt(request)
+            except BaseException:
+                self.pacer.forfeit()  # no outcome to learn from (a fatal error, a cancel)
+                raise
+            if action is Action.RATE_LIMITED:
+                throttled += 1
+                after = parse_retry_after(reply.retry_after if reply else None)
+            elif reply is not None and reply.status == 503:
+                after = parse_retry_after(reply.retry_after)  # an overloaded server may ask too
+            else:
+                after = None
+            status = reply.status if reply is not None else None
+            hint = self.pacer.record(Attempt(status, sent, self._clock(), after, throttled))
             if action in (Action.DELIVERED, Action.SPLIT):
                 assert reply is not None
                 return reply
@@ -174,13 +186,10 @@ class RetryingCaller:
                 assert reply is not None
                 return reply
             if action is Action.RATE_LIMITED:
-                throttled += 1
-                after = parse_retry_after(reply.retry_after if reply else None)
-                wait = self._policy.throttled(throttled, after)
-                self._gate.pause(wait)
+                wait = hint  # the pacer's: a shared pause, or this request's next turn
             else:
                 attempts += 1
-                wait = self._policy.backoff(attempts)
+                wait = max(self._policy.backoff(attempts), hint)
                 after = None
             elapsed = self._clock() - started
             gives_up = self._policy.gives_up(attempts=attempts, elapsed=elapsed, wait=wait)
@@ -230,40 +239,6 @@ class RetryingCaller:
             f"(last: {cause}, next wait {wait:.0f}s); re-run the same command to resume"
         )
 
-    async def _ready(self) -> None:
-        """Wait for the 429 pause to lift and for a slot from the rate limiter.
-
-        Raises ``Abandoned`` if a stop is asked for first: after a stop, no new
-        request starts, even one whose wait was zero (a ``Retry-After: 0``).
-        """
-        while True:
-            if (left := self._gate.remaining) > 0:
-                await self._pause(left)
-                # Every paused worker wakes at the same instant: spread them out.
-                await self._pause(self._policy.jitter())
-                continue
-            if self._limiter is not None:
-                await self._acquire(self._limiter)
-            # A 429 may have paused everyone while this worker queued for its slot.
-            if self._gate.remaining == 0:
-                break
-        if self.stopping.is_set():
-            raise Abandoned
-
-    async def _acquire(self, limiter: AsyncLimiter) -> None:
-        """A slot from the rate limiter, unless a stop comes first (a slot can be seconds away)."""
-        async with anyio.create_task_group() as tg:
-
-            async def on_stop() -> None:
-                await self.stopping.wait()
-                tg.cancel_scope.cancel()
-
-            tg.start_soon(on_stop)
-            await limiter.acquire()  # cancel-safe: aiolimiter drops a cancelled waiter
-            tg.cancel_scope.cancel()
-        if self.stopping.is_set():
-            raise Abandoned
-
     @property
     def policy(self) -> RetryPolicy:
         """The retry bounds and backoff every request of the run follows."""
@@ -279,9 +254,7 @@ class RetryingCaller:
 
     async def _pause(self, seconds: float) -> None:
         """Wait ``seconds``; give up the batch at once if a stop is asked for meanwhile."""
-        with anyio.move_on_after(seconds):
-            await self.stopping.wait()
-        if self.stopping.is_set():
+        if await sleep_unless(self.pacer.clock, seconds, self.stopping):
             raise Abandoned
 
     async def _attempt(

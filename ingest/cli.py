@@ -25,6 +25,7 @@ import orjson
 from ingest.conclude import EXIT_INTERRUPTED
 from ingest.config import (
     API_KEY_ENV,
+    AUTO,
     DEFAULT_BASE_URL,
     SETTING_NAMES,
     build_config,
@@ -47,6 +48,20 @@ def _size(text: str) -> int:
         return parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _auto(kind: type[int] | type[float]) -> Any:
+    """An argparse type: a number of ``kind``, or ``auto``."""
+
+    def parse(text: str) -> int | float | str:
+        if text.strip().lower() == AUTO:
+            return AUTO
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number or auto: {text!r}") from None
+
+    return parse
 
 
 class _Parser(argparse.ArgumentParser):
@@ -98,8 +113,19 @@ def _parser(*, json_wanted: bool = False) -> argparse.ArgumentParser:
     run.add_argument("--rejects", help="rejected lines (default: beside the checkpoint)")
     run.add_argument("--batch-rows", type=int, help="rows per request, 1..1000 (default 500)")
     run.add_argument("--batch-bytes", type=_size, help="body bytes per request (default 4MiB)")
-    run.add_argument("--concurrency", type=int, help="requests in flight (default 8)")
-    run.add_argument("--rate", type=float, help="requests per second, 0 = no limit (default 20)")
+    run.add_argument(
+        "--concurrency",
+        type=_auto(int),
+        metavar="N|auto",
+        help="requests in flight, 1..256 (default auto: follows the latency, up to 128)",
+    )
+    run.add_argument(
+        "--rate",
+        type=_auto(float),
+        metavar="R|auto",
+        help="requests per second, a hard cap; 0 = no limit "
+        "(default auto: found from the server's 429s)",
+    )
     run.add_argument("--request-timeout", type=float, help="seconds per request (default 60)")
     run.add_argument("--max-attempts", type=int, help="tries per batch, 429s aside (default 10)")
     run.add_argument("--max-retry-seconds", type=float, help="retry time per batch (default 600)")

@@ -26,6 +26,7 @@ from ingest.keys import DEFAULT_KEY_FIELD
 from ingest.rows import RESERVED_FIELDS, RESERVED_PREFIX
 
 API_KEY_ENV = "ARIZE_API_KEY"
+AUTO = "auto"  # a rate or concurrency the run finds by itself
 DEFAULT_BASE_URL = "https://api.arize.com"
 _PATH_FIELDS = ("input", "checkpoint", "rejects")
 _REQUIRED = {
@@ -54,8 +55,10 @@ class RunConfig:
     rejects: str | None = None  # default: beside the checkpoint
     batch_rows: int = 500
     batch_bytes: int = 4 * 1024 * 1024
-    concurrency: int = 8
-    rate: float | None = 20.0  # requests per second across all workers; 0 or None = unlimited
+    # "auto": requests in flight follow the latency (up to 128); a number fixes them.
+    concurrency: int | str = AUTO
+    # "auto": found from the server's throttles; a number is a hard cap; 0 (or None) = no limit.
+    rate: float | str | None = AUTO
     request_timeout: float = 60.0
     max_attempts: int = 10  # per batch, 429s not counted (they are bounded by max_retry_seconds)
     max_retry_seconds: float = 600.0  # per batch, from its first attempt
@@ -159,10 +162,10 @@ def _problems(c: RunConfig) -> list[str]:
             f"batch_bytes must be 1024..{MAX_BATCH_BYTES} ({MAX_BATCH_BYTES >> 20}MiB), "
             f"not {c.batch_bytes}"
         )
-    if not 1 <= c.concurrency <= 256:
-        out.append(f"concurrency must be 1..256, not {c.concurrency}")
-    if c.rate is not None and not 0 <= c.rate < math.inf:
-        out.append(f"rate must be a positive number (or 0 for no limit), not {c.rate}")
+    if c.concurrency != AUTO and not 1 <= int(c.concurrency) <= 256:
+        out.append(f"concurrency must be 1..256 or auto, not {c.concurrency}")
+    if c.rate not in (AUTO, None) and not 0 <= float(c.rate or 0) < math.inf:
+        out.append(f"rate must be a positive number, 0 for no limit, or auto, not {c.rate}")
     out.extend(
         f"{name} must be a positive number of seconds up to {_MAX_SECONDS:.0f}, "
         f"not {getattr(c, name)}"
@@ -282,6 +285,8 @@ def _type_problem(key: str, value: Any) -> str | None:
     annotation = str(_FIELDS[key].type)
     if value is None and "None" in annotation:
         return None
+    if key in ("rate", "concurrency") and value == AUTO:
+        return None
     if "bool" in annotation:
         ok = isinstance(value, bool)
     elif annotation.startswith("int"):
@@ -290,4 +295,6 @@ def _type_problem(key: str, value: Any) -> str | None:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
     else:
         ok = isinstance(value, str)
+    if not ok and key in ("rate", "concurrency"):
+        return f'{key} must be a number or "auto", not {value!r}'
     return None if ok else f"{key} must be {annotation}, not {value!r}"

@@ -26,7 +26,6 @@ from typing import Any
 
 import aiohttp
 import anyio
-from aiolimiter import AsyncLimiter
 
 from ingest.batcher import Batch, Batcher, batch_stage
 from ingest.caller import Abandoned, RetryingCaller
@@ -47,6 +46,7 @@ from ingest.errors import (
 )
 from ingest.identity import changed_since
 from ingest.lookup import Lookup
+from ingest.pacing import Pacer, pacer_for
 from ingest.preflight import preflight, refusal_message
 from ingest.records import Start
 from ingest.redact import RedactFilter
@@ -138,7 +138,13 @@ class _Run:
         self.state = state
         self.passed_preflight = False
         self.progress = progress
-        self.stats = RunStats(rows_skipped=state.delivered_rows + state.rejected_rows)
+        # One clock for the pacer, the caller and the counters.
+        self.pacer = pacer_for(
+            rate=config.rate, concurrency=config.concurrency, policy=self._policy()
+        )
+        self.stats = RunStats(
+            now=self.pacer.clock.now, rows_skipped=state.delivered_rows + state.rejected_rows
+        )
         self.exhausted = False
         self.complete = False
         self.version: str | None = None  # the dataset version written to (the preflight's)
@@ -189,7 +195,7 @@ class _Run:
         # SSL_CERT_FILE is honoured by OpenSSL's default verify paths.
         # One connection per worker: in a smaller pool (aiohttp's default holds 100) a
         # request would wait for one, and the wait counts against request_timeout.
-        connector = aiohttp.TCPConnector(limit=self.config.concurrency)
+        connector = aiohttp.TCPConnector(limit=self.pacer.workers)
         async with aiohttp.ClientSession(connector=connector) as session:
             client = DatasetsClient(
                 session,
@@ -257,13 +263,13 @@ class _Run:
         )
 
     def _caller(
-        self, limiter: AsyncLimiter | None = None, stopping: anyio.Event | None = None
+        self, pacer: Pacer | None = None, stopping: anyio.Event | None = None
     ) -> RetryingCaller:
         return RetryingCaller(
             policy=self._policy(),
             stats=self.stats,
             describe=lambda action, reply: refusal_message(action, reply, self.config),
-            limiter=limiter,
+            pacer=pacer,
             stopping=stopping,
             base_url=self.config.base_url,
         )
@@ -292,8 +298,7 @@ class _Run:
                 key_from=c.key_from,
             )
         )
-        limiter = AsyncLimiter(1, 1 / c.rate) if c.rate else None
-        caller = self._caller(limiter, self.shutdown.event)
+        caller = self._caller(self.pacer, self.shutdown.event)
         settler = None
         if c.lookup_field is not None:
             lookup = Lookup(
@@ -349,7 +354,7 @@ class _Run:
                 stages.start_soon(read)
                 stages.start_soon(batch_stage, batcher, chunks_rx, batches_tx, self.shutdown.event)
                 async with batches_rx:
-                    for _ in range(c.concurrency):
+                    for _ in range(self.pacer.workers):
                         stages.start_soon(sender.work, batches_rx.clone(), self.shutdown.fail)
             stopped = self.shutdown.failure is not None or self.shutdown.event.is_set()
             if settler is not None and self.exhausted and not stopped:
@@ -358,7 +363,7 @@ class _Run:
         try:
             async with anyio.create_task_group() as side:
                 if self.progress:
-                    side.start_soon(Progress(self.stats).run)
+                    side.start_soon(Progress(self.stats, pacing=self.pacer.snapshot).run)
                 await self.shutdown.guard(run_stages, grace=c.shutdown_grace)
                 side.cancel_scope.cancel()
         finally:

@@ -11,13 +11,17 @@ import logging
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import anyio
 import orjson
 
 from ingest.redact import redact
+
+if TYPE_CHECKING:
+    from ingest.pacing import PacerSnapshot
 
 log = logging.getLogger("ingest")
 
@@ -26,7 +30,9 @@ log = logging.getLogger("ingest")
 class RunStats:
     """Counters for this run; every stage bumps its own (one event loop, no locks)."""
 
-    started: float = field(default_factory=time.monotonic)
+    # The run's clock (``Clock.now``): the same one the caller and the pacer read.
+    now: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
+    started: float = -1.0
     rows_read: int = 0
     rows_delivered: int = 0
     rows_rejected: int = 0
@@ -39,6 +45,10 @@ class RunStats:
     lookups: int = 0  # look-ups of an unknown outcome's rows
     retries: Counter[str] = field(default_factory=Counter)
 
+    def __post_init__(self) -> None:
+        if self.started < 0:
+            self.started = self.now()
+
     @property
     def rows_pending(self) -> int:
         """Rows read but neither delivered nor rejected: queued or in flight at the end."""
@@ -47,7 +57,7 @@ class RunStats:
     @property
     def elapsed(self) -> float:
         """Seconds since the run started."""
-        return time.monotonic() - self.started
+        return self.now() - self.started
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -162,13 +172,19 @@ class Progress:
     """Shows how a run goes: a live line on a terminal, a log line now and then otherwise.
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(Progress(stats).run)
+        tg.start_soon(Progress(stats, pacing=pacer.snapshot).run)
     """
 
     def __init__(
-        self, stats: RunStats, *, stream: TextIO | None = None, log_every: float = 30.0
+        self,
+        stats: RunStats,
+        *,
+        pacing: Callable[[], PacerSnapshot] | None = None,
+        stream: TextIO | None = None,
+        log_every: float = 30.0,
     ) -> None:
         self.stats = stats
+        self.pacing = pacing
         self.stream = stream or sys.stderr
         self.log_every = log_every
         self.live = self.stream.isatty()
@@ -178,10 +194,11 @@ class Progress:
         s = self.stats
         rate = s.rows_delivered / s.elapsed if s.elapsed > 0 else 0.0
         retries = sum(s.retries.values())
-        return (
+        line = (
             f"{s.rows_delivered:,} rows delivered, {s.rows_rejected:,} rejected, "
             f"{s.rows_skipped:,} already done, {retries:,} retries, {rate:,.0f} rows/s"
         )
+        return line if self.pacing is None else f"{line}; {pacing_text(self.pacing())}"
 
     async def run(self) -> None:
         """Report until cancelled. A terminal that goes away ends the drawing, not the run."""
@@ -204,3 +221,15 @@ class Progress:
             # The terminal hung up (an ssh disconnect: EIO): the run winds down on the
             # SIGHUP that comes with it, and must not fail on the line it cannot draw.
             self.live = False
+
+
+def pacing_text(p: PacerSnapshot) -> str:
+    """The pacing state in words: rate, concurrency, in flight, 429s, a pause."""
+    auto = " (auto)"
+    rate = "no rate limit" if p.rate is None else f"rate {p.rate:,.1f} req/s"
+    text = (
+        f"{rate}{auto if p.rate_found else ''}, "
+        f"concurrency {p.concurrency}{auto if p.concurrency_found else ''}, "
+        f"{p.in_flight} in flight, {p.throttled:,} throttled (429)"
+    )
+    return text + (f", paused {p.paused:.1f}s" if p.paused > 0 else "")

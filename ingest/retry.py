@@ -7,8 +7,7 @@ budget ride out an outage in every draw: with the defaults (``base`` 0.5,
 ``cap`` 30, 10 attempts) the 9 waits add up to 75.5..151 s, so an API gone
 for a minute (a deploy, a restart, 503 for everything) costs no run. Full
 jitter could draw them all near 0 and give up after seconds.
-``PauseGate`` is the one pause all workers share after a 429: aiolimiter paces
-requests but has no way to stop them, so the gate sits in front of it.
+The pause every worker shares after a 429 is the pacer's (``ingest.pacing``).
 
 A throttled retry (429) never waits less than the floor ``throttle_floor``
 (``base``, but at least ``MIN_THROTTLED_WAIT``), whatever ``Retry-After``
@@ -30,8 +29,6 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import anyio
 
 # Seconds: the longest one throttled wait lasts (a later 429 asks again). The
 # server's own figure is kept for messages; only the wait is capped.
@@ -172,30 +169,3 @@ class RetryPolicy:
     def gives_up(self, *, attempts: int, elapsed: float, wait: float) -> bool:
         """Whether another try, after ``wait`` more seconds, would break the bounds."""
         return attempts >= self.max_attempts or elapsed + wait > self.max_seconds
-
-
-class PauseGate:
-    """A pause every worker honours: after a 429, nobody sends until it lifts.
-
-    gate = PauseGate()
-    gate.pause(2.0)      # a worker got 429 with Retry-After: 2
-    await gate.wait()    # every worker, before each request
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._until = 0.0
-
-    def pause(self, seconds: float) -> None:
-        """Hold every request for ``seconds`` from now (an earlier end never shortens it)."""
-        self._until = max(self._until, self._clock() + seconds)
-
-    @property
-    def remaining(self) -> float:
-        """Seconds until requests may go again."""
-        return max(self._until - self._clock(), 0.0)
-
-    async def wait(self) -> None:
-        """Return once no pause is in force; a pause extended meanwhile is waited out too."""
-        while (left := self.remaining) > 0:  # noqa: ASYNC110 (a deadline that may move, not an event)
-            await anyio.sleep(left)

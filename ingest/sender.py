@@ -21,6 +21,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
 from anyio.abc import ObjectReceiveStream
 
 from ingest.batcher import Batch
@@ -58,11 +59,11 @@ _SERVER_ERROR_REJECTS_IN_A_ROW = 3
 
 
 class Sender:
-    """Delivers batches: one instance, ``concurrency`` tasks running ``work``.
+    """Delivers batches: one instance, ``pacer.workers`` tasks running ``work``.
 
     sender = Sender(append=client.append, journal=journal, caller=caller, ...)
     async with anyio.create_task_group() as tg:
-        for _ in range(8):
+        for _ in range(caller.pacer.workers):
             tg.start_soon(sender.work, batches.clone(), on_failure)
     """
 
@@ -104,14 +105,21 @@ class Sender:
         On a stop, a batch waiting to be retried is left for the resumed run.
         """
         async with batches:
-            async for batch in batches:
-                try:
-                    await self.deliver(batch)
-                except Abandoned:
-                    return
-                except DeliveryError as exc:
-                    on_failure(exc)
-                    return
+            while True:
+                # The pacer's slot first, then the batch: a worker waiting for room holds none.
+                async with self._caller.pacer.slot() as slot:
+                    try:
+                        batch = await batches.receive()
+                    except anyio.EndOfStream:
+                        return
+                    slot.hold(batch.end - batch.start)
+                    try:
+                        await self.deliver(batch)
+                    except Abandoned:
+                        return
+                    except DeliveryError as exc:
+                        on_failure(exc)
+                        return
                 self.resolved += 1
 
     async def deliver(self, batch: Batch) -> None:

@@ -30,7 +30,6 @@ from typing import Any
 import aiohttp
 import anyio
 import orjson
-from aiolimiter import AsyncLimiter
 
 from ingest.batcher import Batch, Batcher
 from ingest.caller import RetryingCaller, UnknownOutcome
@@ -39,6 +38,7 @@ from ingest.config import API_KEY_ENV, RunConfig
 from ingest.errors import ConfigError, UnbalancedError
 from ingest.keys import RowKeys
 from ingest.lookup import FilterRefused, Found, Lookup
+from ingest.pacing import pacer_for
 from ingest.preflight import preflight, refusal_message
 from ingest.redact import RedactFilter
 from ingest.replay import read_journal
@@ -134,16 +134,18 @@ async def _verify(
             dataset_version_id=config.dataset_version_id,
             timeout=config.request_timeout,
         )
+        policy = RetryPolicy(
+            max_attempts=config.max_attempts,
+            max_seconds=config.max_retry_seconds,
+            base=config.backoff_base,
+            cap=config.backoff_max,
+        )
         caller = RetryingCaller(
-            policy=RetryPolicy(
-                max_attempts=config.max_attempts,
-                max_seconds=config.max_retry_seconds,
-                base=config.backoff_base,
-                cap=config.backoff_max,
-            ),
+            policy=policy,
             stats=RunStats(),
             describe=lambda action, reply: refusal_message(action, reply, config),
-            limiter=AsyncLimiter(1, 1 / config.rate) if config.rate else None,
+            # One request at a time: verify reads and repairs in order.
+            pacer=pacer_for(rate=config.rate, concurrency=1, policy=policy),
             base_url=config.base_url,
         )
         version = await preflight(caller.call, client, config)

@@ -7,7 +7,7 @@ import email.utils
 import pytest
 
 from ingest.config import RunConfig
-from ingest.retry import Action, PauseGate, RetryPolicy, classify, parse_retry_after
+from ingest.retry import Action, RetryPolicy, classify, parse_retry_after
 
 
 @pytest.mark.parametrize(
@@ -101,23 +101,3 @@ def test_policy_gives_up_on_attempts_or_time() -> None:
     assert not policy.gives_up(attempts=2, elapsed=1.0, wait=1.0)
     assert policy.gives_up(attempts=3, elapsed=1.0, wait=1.0)
     assert policy.gives_up(attempts=1, elapsed=9.5, wait=1.0)
-
-
-def test_pause_gate_only_ever_extends() -> None:
-    """A later, shorter pause never cuts an earlier, longer one short."""
-    now = [100.0]
-    gate = PauseGate(clock=lambda: now[0])
-    gate.pause(5.0)
-    gate.pause(1.0)
-    assert gate.remaining == 5.0
-    now[0] = 104.0
-    assert gate.remaining == 1.0
-    now[0] = 106.0
-    assert gate.remaining == 0.0
-
-
-async def test_pause_gate_wait_returns_when_no_pause() -> None:
-    """With no pause in force, waiting costs nothing."""
-    gate = PauseGate()
-    await gate.wait()
-    assert gate.remaining == 0.0

@@ -81,7 +81,7 @@ async def test_library_takes_a_path_object(fake: Any, tmp_path: Path) -> None:
     ("bad", "message"),
     [
         ({"batch_rows": "10"}, "batch_rows must be int"),
-        ({"rate": "fast"}, "rate must be float"),
+        ({"rate": "fast"}, 'rate must be a number or "auto"'),
         ({"restart": 1}, "restart must be bool"),
         ({"no_such_setting": 1}, "unknown setting 'no_such_setting'"),
         ({"dataset_id": None}, "dataset_id is required"),
