@@ -14,8 +14,10 @@ is already done. One JSON object per line:
     {"t": "unknown", "seq": 3, "part": "", "cause": "HTTP 503"}   maybe committed
     {"t": "present", "seq": 3, "part": "", "spans": [[a, b, s, e], ...], "rows": n}
     {"t": "deleted", "seq": 3, "part": "", "ids": [...]}   extra copies settling deleted
-    {"t": "done", "seq": 3, "part": "", "lines": [a, b], "bytes": [s, e], "rows": n,
-     "example_ids": [...]}
+    {"t": "done", "seq": 3, "part": "", "lines": [a, b], "bytes": [s, e], "rows": n}
+                                        stored (its ids are checked, not kept: a row costs
+                                        the journal under a byte; older journals,
+                                        which kept them, still replay)
     {"t": "finished", "exit_code": 0, "delivered": n, "rejected": m}
 
 A *sending* record is durable before its POST starts; a *done* record is

@@ -22,14 +22,18 @@ from __future__ import annotations
 
 import hashlib
 import re
+import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import repeat
 
 import orjson
 
 DEFAULT_KEY_FIELD = "ingest_key"
 LINE_DIGITS = 12  # lines up to 10^12: far past any file a run can read
 TAG_BYTES = 2048  # no more than the least any reader holds of a line (batch_bytes 1 KiB + slack)
+_PAD = 10**LINE_DIGITS
 _KEY = re.compile(r"([0-9a-f]{8})-([0-9]{12})-([0-9a-f]{8})\Z")
 _WHITESPACE = b" \t\r\n"
 _BOM = b"\xef\xbb\xbf"
@@ -81,6 +85,23 @@ class RowKeys:
     def splice(self, raw: bytes, key: str) -> bytes:
         """``raw`` (a JSON object's bytes, non-empty) with the key as its first field."""
         return self.head + key.encode("ascii") + b'",' + raw[1:]
+
+    def splice_all(self, raws: list[bytes], lines: list[int], keys: list[str]) -> list[bytes]:
+        """``splice`` of each of ``raws`` with its ``key`` (on its line of ``lines``); the keys
+        are added to ``keys``.
+
+        The same bytes as ``key`` and ``splice`` row by row, in passes that run in C:
+        made one by one in Python, a row's key and splice cost a third of its read.
+        """
+        # 10**12 + line is "1" and the line's 12 digits: joined by "-", split at "-1".
+        digits = "-".join(map(str, map(_PAD.__add__, lines)))[1:].split("-1")
+        crcs = struct.pack(f">{len(raws)}I", *map(zlib.crc32, raws)).hex("-", 4).split("-")
+        made = list(map("".join, zip(repeat(self.tag + "-"), digits, repeat("-"), crcs)))
+        keys.extend(made)
+        tails: Iterator[bytes] = map(bytes.__getitem__, raws, repeat(slice(1, None)))
+        return list(
+            map(b"".join, zip(repeat(self.head), map(str.encode, made), repeat(b'",'), tails))
+        )
 
     def unspliced(self, row: bytes, key: str) -> bytes:
         """The row as the input holds it: ``row`` (made by ``splice``) without its key."""

@@ -9,7 +9,7 @@ in the order they can come:
     Split     refused whole (400/413/422): its halves ("0", "1") follow
     Present   looked up after an unknown outcome: the spans of its rows found stored
     Deleted   extra copies of its rows, deleted
-    Done      stored (the ``example_ids``), or 0 rows for a batch whose row was rejected
+    Done      stored (one id a row, checked, not kept), or 0 rows for a batch whose row was rejected
     Checked   the second look at rows sent after a look-up (``Done.recheck``) is made
 
 ``Start`` opens each run, ``Finished`` closes a run after which every line is dealt with.
@@ -17,7 +17,7 @@ in the order they can come:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ingest.batcher import Batch
@@ -80,13 +80,12 @@ class Done(Record):
     lines: list[int]
     bytes: list[int]
     rows: int
-    example_ids: list[Any] = field(default_factory=list)
     # Rows sent after a look-up found them missing: a commit that was not visible yet
     # may have left a copy, so they are looked at once more (``Checked`` when done).
     recheck: bool = False
 
     @classmethod
-    def of(cls, batch: Batch, rows: int, example_ids: list[Any], recheck: bool = False) -> Done:
+    def of(cls, batch: Batch, rows: int, recheck: bool = False) -> Done:
         """The record of ``batch`` dealt with."""
         return cls(
             batch.seq,
@@ -94,7 +93,6 @@ class Done(Record):
             [batch.first_line, batch.last_line],
             [batch.start, batch.end],
             rows,
-            example_ids,
             recheck,
         )
 

@@ -1,7 +1,7 @@
 """Sender: the pool of workers that POST batches, with the rate limit and retries.
 
 Takes ``Batch`` es from a stream; gives out durable journal records: *sending*
-before each POST, *done* with the ``example_ids`` after a 2xx, *unknown* when
+before each POST, *done* after a 2xx with one example id per row, *unknown* when
 an answer may hide a commit (5xx, timeout, dropped connection; a 2xx that is
 not the API's answer, which also stops the run), and
 *rejected* for a row the server refused. A refused batch (400/413/422) is
@@ -150,8 +150,8 @@ class Sender:
         if classify(reply.status) is Action.DELIVERED:
             self._server_error_rejects = self._server_error_rejects_before = 0
             self._refusals.delivered()
-            ids = await self._example_ids(batch, reply)
-            await self._done(batch, len(batch.rows), ids, recheck=tries is not None)
+            await self._check_example_ids(batch, reply)  # proof of storage; not journaled
+            await self._done(batch, len(batch.rows), recheck=tries is not None)
             self._stats.rows_delivered += len(batch.rows)
             self._stats.batches += 1
             if self._settler is not None:
@@ -192,7 +192,7 @@ class Sender:
             raw,
         )
         await self._journal.reject(reject)
-        await self._done(batch, 0, [])
+        await self._done(batch, 0)
         self._on_reject(reject.line, reject.reason)
 
     async def _reject_server_error(self, batch: Batch, problem: str, attempts: int) -> None:
@@ -216,8 +216,8 @@ class Sender:
         stored = "it is not stored" if self._settler else "the row may or may not be stored"
         return f"{SERVER_ERROR_REASON}{problem}, on every one of {attempts} attempts ({stored})"
 
-    async def _example_ids(self, batch: Batch, reply: Reply) -> list[Any]:
-        """The ids a 2xx gave the rows, one per row; an answer of another shape stops the run.
+    async def _check_example_ids(self, batch: Batch, reply: Reply) -> None:
+        """Check a 2xx gave the rows one id each; an answer of another shape stops the run.
 
         Such an answer is not the API's, yet something took the POST (a proxy may have
         passed it on and mangled the reply), so the rows may be stored: the batch is
@@ -227,7 +227,7 @@ class Sender:
         ids = doc.get("example_ids") if isinstance(doc, dict) else None
         got = _ids_problem(ids, len(batch.rows)) if isinstance(doc, dict) else None
         if isinstance(ids, list) and got is None:
-            return ids
+            return
         await self._unknown(batch, f"HTTP {reply.status} with {got or 'a body that is not JSON'}")
         raise BaseUrlError(
             f"{batch.name}: {reply.not_the_api('JSON with one example id per row', got)}. "
@@ -244,11 +244,9 @@ class Sender:
         """Journal that ``batch`` may have been stored (an answer that hides the outcome)."""
         await self._journal.write(Unknown(batch.seq, batch.part, cause), durable=False)
 
-    async def _done(
-        self, batch: Batch, rows: int, example_ids: list[Any], *, recheck: bool = False
-    ) -> None:
+    async def _done(self, batch: Batch, rows: int, *, recheck: bool = False) -> None:
         # Nothing waits on it; the next *sending* record's fsync carries it.
-        await self._journal.write(Done.of(batch, rows, example_ids, recheck), durable=False)
+        await self._journal.write(Done.of(batch, rows, recheck), durable=False)
 
     async def post(self, batch: Batch) -> Reply:
         """POST the batch until a 2xx or a refusal of its rows; raise when that cannot be."""
@@ -268,6 +266,9 @@ class Sender:
         )
 
 
+_ID_TYPES = {str, int}  # bool is not one: type(), not isinstance()
+
+
 def _is_id(value: Any) -> bool:
     """Whether ``value`` can be an example id: a non-empty string, or an integer (not a bool)."""
     if isinstance(value, str):
@@ -282,6 +283,14 @@ def _ids_problem(ids: Any, rows: int) -> str | None:
     string or an object in their place, or one id given twice, is a reply that
     some other software made up, and counting it delivered would lose rows.
     """
+    if (
+        type(ids) is list
+        and len(ids) == rows
+        and set(map(type, ids)) <= _ID_TYPES
+        and "" not in (seen := set(ids))
+        and len(seen) == rows
+    ):
+        return None  # the common answer, checked in C: Python per id costs 1 µs a row
     if ids is None:
         return "JSON without example_ids"
     if not isinstance(ids, list):

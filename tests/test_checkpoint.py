@@ -12,6 +12,8 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_pipeline import settings as run_settings
+from test_pipeline import write_rows
 
 import ingest
 from ingest.checkpoint import CheckpointJournal, LineRanges, fingerprint, read_journal
@@ -403,3 +405,14 @@ async def test_a_failed_rejects_write_keeps_a_delivered_batch_around_the_bad_lin
     # Rows delivered are never forgotten (the reader sends none past an unrecorded reject);
     # line 11, refused alone, is left for the resume to refuse again.
     assert state.covered.merged() == [(1, 10)]
+
+
+async def test_a_delivered_row_costs_the_journal_under_a_byte(fake: Any, tmp_path: Path) -> None:
+    """The journal keeps each batch's span, not its rows' example ids: a 100M-row run's
+    journal stays under 100 MB, and a resume's replay does not grow with the ids."""
+    write_rows(tmp_path / "rows.jsonl", 20_000)
+    journal = tmp_path / "run.ckpt"
+    run = run_settings(fake, tmp_path, checkpoint=str(journal), batch_rows=500)
+    assert (await ingest.upload(api_key=fake.api_key, **run)).exit_code == 0
+    assert fake.state.example_count(fake.dataset_id) == 20_000
+    assert journal.stat().st_size < 20_000, f"{journal.stat().st_size / 20_000:.2f} bytes a row"

@@ -223,3 +223,16 @@ async def test_a_second_look_a_kill_prevented_is_made_by_the_next_run(
     assert sorted(e["i"] for e in fake.state.examples(fake.dataset_id)) == list(range(200))
     assert b'"t":"checked","seq":1' in journal.read_bytes()
     assert (await ingest.upload(api_key=fake.api_key, **run)).status == "already-complete"
+
+
+def test_splice_all_is_key_and_splice_row_by_row() -> None:
+    """The keys and rows of ``splice_all`` are byte for byte those of ``key`` and ``splice``,
+    on any lines (gaps, 1, the last of 12 digits) and for CRCs with leading zeros."""
+    keys = RowKeys(field="ingest_key", tag="0a0b0c0d")
+    raws = [b'{"i":%d,"s":"\\u00e9"}' % i for i in range(300)] + [b'{"i":251}']
+    for first in (1, 9, 999_999, 10**12 - 302):
+        lines = [first + 2 * i if first < 10**12 - 302 else first + i for i in range(len(raws))]
+        made: list[str] = []
+        rows = keys.splice_all(raws, lines, made)
+        assert made == [keys.key(line, raw) for line, raw in zip(lines, raws, strict=True)]
+        assert rows == [keys.splice(raw, key) for raw, key in zip(raws, made, strict=True)]
