@@ -5,8 +5,6 @@ summary = await ingest.upload(input="rows.jsonl", dataset_id="RGF0YXNldDox...")
 print(summary.to_text())
 """
 
-from importlib.metadata import version as _version
-
 from ingest.config import RunConfig
 from ingest.errors import (
     AuthError,
@@ -26,8 +24,7 @@ from ingest.pipeline import upload
 from ingest.report import Summary
 from ingest.verify import verify
 from ingest.verify_report import RepairPlan, VerifyReport
-
-__version__ = _version("ingest")
+from ingest.version import VERSION as __version__
 
 __all__ = [
     "AuthError",

@@ -9,7 +9,6 @@ retries: that is ``retry.py``'s job.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib.metadata import version
 from typing import Any
 from urllib.parse import quote
 
@@ -19,8 +18,9 @@ from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
 from ingest.redact import redact
+from ingest.version import VERSION
 
-USER_AGENT = f"ingest/{version('ingest')}"
+USER_AGENT = f"ingest/{VERSION}"
 # How much of a server's text a message quotes: a refusal's reason goes to stderr,
 # the rejects file and the checkpoint, once per rejected row, and a server may
 # echo a megabyte back (a validation error quoting the whole body).

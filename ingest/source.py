@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable
+from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -39,11 +40,13 @@ from ingest.rows import (
     BOM,
     ENVELOPE_BYTES,
     RESERVED_FIELDS,
+    WHITESPACE,
     Chunk,
     Reject,
     check_value,
     natural_key,
     parse_error,
+    plain_rows,
     too_long,
 )
 
@@ -52,7 +55,6 @@ if TYPE_CHECKING:
     from ingest.report import RunStats
     from ingest.shutdown import Shutdown
 
-_WHITESPACE = b" \t\r\n"
 _INLINE_LINES = 1024  # rows a chunk read in the event loop holds: a few ms of the loop's time
 _SLACK = 1024  # bytes a line may hold beyond batch_bytes (whitespace, CRLF) and still be read
 
@@ -63,6 +65,15 @@ def _is_regular(path: str) -> bool:
         return stat.S_ISREG(os.stat(path).st_mode)
     except OSError:
         return False
+
+
+def _raises(exc: Exception) -> Callable[[int], bytes]:
+    """A ``readline`` that raises ``exc``: the error a read of lines ahead met."""
+
+    def readline(_cap: int) -> bytes:
+        raise exc
+
+    return readline
 
 
 def _why(exc: BaseException) -> str:
@@ -107,6 +118,7 @@ class JsonlSource:
         # A field of the rows as their natural key (--key-from): each value once, so the
         # values seen (a resumed run reads the done lines for theirs) are kept: ~100 B a row.
         self.key_from = key_from
+        self._plain_fields = RESERVED_FIELDS | ({key_field} if key_field else set())
         self._seen: dict[str, int] = {}
         self._file, self._gzip = open_input(path, expected_size=expected_size)
         self._regular = path != "-" and _is_regular(path)
@@ -160,7 +172,7 @@ class JsonlSource:
                 self._keyed(line)
             self._line += 1
             self._offset += len(line)
-            self._prefix_rows += bool(line.strip(_WHITESPACE))
+            self._prefix_rows += bool(line.strip(WHITESPACE))
 
     def _keyed(self, first_line: bytes) -> None:
         assert self.key_field is not None
@@ -179,16 +191,26 @@ class JsonlSource:
         chunk = Chunk()
         rows, lines, ends, starts = chunk.rows, chunk.lines, chunk.ends, chunk.starts
         rejects, keys = chunk.rejects, chunk.keys
-        readline, skip, loads = self._file.readline, self._skip, orjson.loads
+        readline: Callable[[int], bytes] = self._file.readline
+        skip, loads = self._skip, orjson.loads
         key_field = self.key_field
         overhead = self.keys.overhead if self.keys is not None else 0
         limit = self.max_row_bytes - ENVELOPE_BYTES - overhead
         # No sendable row is longer; room is left for whitespace and a CRLF.
         cap = self.max_row_bytes + _SLACK
         number, offset, expected = self._line, self._offset, self._size
+        ahead: list[bytes] = []  # lines read by the plain path, not plain: looked at one by one
+        if number > 0 and skip is None and self.key_from is None:
+            ahead, failed = self._lines(max_lines, cap)
+            plain = failed is None and ahead and ahead[-1][-1:] == b"\n"
+            if plain and (got := plain_rows(ahead, limit, self._plain_fields)) is not None:
+                return self._plain(chunk, ahead, got)
+            ahead.reverse()
+            if failed is not None:
+                readline = _raises(failed)  # once the lines read before it are looked at
         try:
             while len(rows) + len(rejects) < max_lines:
-                line = readline(cap)
+                line = ahead.pop() if ahead else readline(cap)
                 size = len(line)
                 if not size or line[-1] != 10:  # the end, a line at the cap, or a last line
                     if size == cap:
@@ -211,7 +233,7 @@ class JsonlSource:
                 if skip is not None and skip(number):
                     self.skipped += 1
                     # Rows done by earlier runs, for the check that every row is accounted for.
-                    self.skipped_rows += bool(line.strip(_WHITESPACE))
+                    self.skipped_rows += bool(line.strip(WHITESPACE))
                     if self.key_from is not None:
                         self._note_done_key(line, number)
                     continue
@@ -220,9 +242,9 @@ class JsonlSource:
                     why = too_long(size, self.max_row_bytes) + kept
                     rejects.append(Reject(number, start, offset, why, line[:_SLACK]))
                     continue
-                raw = line.strip(_WHITESPACE)
+                raw = line.strip(WHITESPACE)
                 if number == 1 and raw.startswith(BOM):
-                    raw = raw[len(BOM) :].strip(_WHITESPACE)
+                    raw = raw[len(BOM) :].strip(WHITESPACE)
                 if not raw:
                     continue
                 reason: str | None = None
@@ -269,6 +291,35 @@ class JsonlSource:
             chunk.rows = self.keys.splice_all(rows, chunk.lines, keys)
         return chunk
 
+    def _lines(self, max_lines: int, cap: int) -> tuple[list[bytes], Exception | None]:
+        """Up to ``max_lines`` lines (the last lacks its newline at the end or at ``cap``),
+        and the read error that ended them early, if one did."""
+        readline = self._file.readline
+        lines: list[bytes] = []
+        append = lines.append
+        try:
+            for _ in range(max_lines):
+                append(line := readline(cap))
+                if line[-1:] != b"\n":
+                    break
+        except (OSError, EOFError, BrokenInput) as exc:
+            return lines, exc
+        return lines, None
+
+    def _plain(self, chunk: Chunk, lines: list[bytes], rows: list[bytes]) -> Chunk:
+        """``chunk`` of ``lines``, each one whole and a plain row (``rows``, their bytes)."""
+        first, offsets = self._line + 1, list(accumulate(map(len, lines), initial=self._offset))
+        chunk.lines, chunk.starts, chunk.ends = (
+            list(range(first, first + len(rows))),
+            offsets[:-1],
+            offsets[1:],
+        )
+        chunk.rows = (
+            rows if self.keys is None else self.keys.splice_all(rows, chunk.lines, chunk.keys)
+        )
+        self._line, self._offset = first + len(rows) - 1, offsets[-1]
+        return chunk
+
     def _natural_key(self, value: Any, number: int, keys: list[str]) -> str | None:
         """Take the row's ``--key-from`` value as its key; why not, if it cannot be one."""
         assert self.key_from is not None
@@ -308,7 +359,7 @@ class JsonlSource:
                 # In bounded pieces: a line of many MiB is never held whole.
                 while left > 0 and (piece := f.readline(min(left, 1 << 20))):
                     left -= len(piece)
-                    filled = filled or bool(piece.strip(_WHITESPACE))
+                    filled = filled or bool(piece.strip(WHITESPACE))
                     if piece.endswith(b"\n"):
                         count, filled = count + filled, False
             self._prefix_rows = count + filled

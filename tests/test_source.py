@@ -347,3 +347,55 @@ def test_keyed_rows_carry_rowkeys_key_of_their_own_bytes(tmp_path: Path) -> None
     assert chunk.keys[1].endswith("-000000000003-001c3cc3")
     assert [keys.unspliced(r, k) for r, k in zip(chunk.rows, chunk.keys, strict=True)] == rows
     assert [orjson.loads(r)["ingest_key"] for r in chunk.rows] == chunk.keys
+
+
+LINE_KINDS = [
+    b'{"i": 1, "s": "\\u00e9t\xc3\xa9"}',
+    b'  {"nested": {"a": [1, 2, {"b": null}]}}\r',
+    b"",
+    b"   ",
+    b"{}",
+    b"[1, 2]",
+    b'{"id": 3}',
+    b'{"a": {"source_record_x": 1}}',
+    b'{"source_record_id": 1}',
+    b'{"ingest_key": "mine"}',
+    b'{"a": "' + b"x" * 200 + b'"}',
+    b'{"a": 1',
+    b'{"a": "\xff"}',
+    b'"text"',
+]
+
+
+@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("keyed", [True, False])
+def test_chunks_read_in_c_passes_match_rows_looked_at_one_by_one(
+    tmp_path: Path, seed: int, keyed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whole plain chunks (checked in passes over all their lines) give the rows, lines,
+    offsets, keys and rejects that the line-by-line reading gives the same input."""
+    rand = random.Random(seed)
+    plain = rand.random() < 0.5  # half the inputs have long runs of plain rows only
+    lines = [
+        LINE_KINDS[0 if plain and rand.random() < 0.97 else rand.randrange(len(LINE_KINDS))]
+        for _ in range(rand.randrange(1, 60))
+    ]
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\n".join(lines) + (b"\n" if rand.random() < 0.5 else b""))
+
+    def read(lines_per_chunk: int) -> list[object]:
+        source = JsonlSource(
+            str(path), max_row_bytes=200, key_field="ingest_key" if keyed else None
+        )
+        out: list[object] = []
+        with source:
+            while chunk := source.read_chunk(max_lines=lines_per_chunk):
+                out.append((chunk.rows, chunk.lines, chunk.starts, chunk.ends, chunk.keys))
+                out.append(chunk.rejects)
+            out.append(source.position)
+        return out
+
+    size = rand.choice([1, 3, 8, 64])
+    fast = read(size)
+    monkeypatch.setattr("ingest.source.plain_rows", lambda *_: None)
+    assert fast == read(size)
