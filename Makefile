@@ -33,7 +33,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format ingest tests scripts bench
 	$(BIN)/ruff check --fix ingest tests scripts bench
 
-bench: $(STAMP)
+bench: install-arize
 	$(BIN)/python bench/run.py
 
 clean:
