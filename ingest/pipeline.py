@@ -48,6 +48,7 @@ from ingest.identity import changed_since
 from ingest.lookup import Lookup
 from ingest.pacing import Pacer, pacer_for
 from ingest.preflight import preflight, refusal_message
+from ingest.reading import read_stage
 from ingest.records import Start
 from ingest.redact import RedactFilter
 from ingest.replay import merge_spans
@@ -58,7 +59,7 @@ from ingest.rows import Chunk
 from ingest.sender import Sender
 from ingest.settle import Settler
 from ingest.shutdown import Shutdown, first_ingest_error
-from ingest.source import JsonlSource, read_stage
+from ingest.source import JsonlSource
 
 log = logging.getLogger("ingest")
 

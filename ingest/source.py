@@ -10,9 +10,11 @@ A row is sent as the bytes the file holds, never re-serialized: a parse and
 dump would turn ``12345678901234567890123`` into a float (orjson does) and may
 change escapes. orjson only *validates* the line.
 
-``read_stage`` is the stage's task: it runs ``read_chunk`` in a thread and
-sends the chunks on through a bounded stream; ``ingest.rows`` holds the types
-and the row rules, ``ingest.inputs`` the opening of the file.
+A chunk of plain rows (the common case) is checked in passes that run in C over
+all its lines; only a chunk holding a line that is not plain is looked at line by
+line, for each line's reason. ``ingest.reading`` is the stage's task that drives
+``read_chunk``; ``ingest.rows`` holds the types and the row rules,
+``ingest.inputs`` the opening of the file.
 """
 
 from __future__ import annotations
@@ -23,9 +25,7 @@ from collections.abc import Callable
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
-import anyio
 import orjson
-from anyio.abc import ObjectSendStream
 
 from ingest.errors import SourceError
 from ingest.gzipped import (
@@ -51,11 +51,8 @@ from ingest.rows import (
 )
 
 if TYPE_CHECKING:
-    from ingest.checkpoint import CheckpointJournal
-    from ingest.report import RunStats
-    from ingest.shutdown import Shutdown
+    pass
 
-_INLINE_LINES = 1024  # rows a chunk read in the event loop holds: a few ms of the loop's time
 _SLACK = 1024  # bytes a line may hold beyond batch_bytes (whitespace, CRLF) and still be read
 
 
@@ -401,51 +398,3 @@ class JsonlSource:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-async def read_stage(
-    source: JsonlSource,
-    out: ObjectSendStream[Chunk],
-    *,
-    shutdown: Shutdown,
-    journal: CheckpointJournal,
-    stats: RunStats,
-    on_reject: Callable[[int, str], None],
-) -> bool:
-    """The source stage: read chunks in a thread, journal their rejects, send their rows on.
-
-    Returns whether the input was read to its end. A damaged input is noted on
-    ``shutdown`` (not a stop: the rows read before the damage are still sent).
-    """
-    async with out:
-        while not shutdown.event.is_set():
-            chunk: Chunk | None
-            try:
-                if source.inline:
-                    # A regular file, opened: its reads do not stall, and a thread per chunk
-                    # would stall the loop instead (each start waits on the reader's GIL).
-                    chunk = source.read_chunk(_INLINE_LINES)
-                else:
-                    # A stalled stdin must not hold a stop: the read is abandoned.
-                    chunk = await shutdown.race(source.read_chunk)
-            except SourceError as exc:
-                shutdown.note(exc)
-                return False
-            if chunk is None:
-                return False  # a stop: nothing read is in flight, so leave at once
-            if not chunk:
-                return True
-            for reject in chunk.rejects:
-                on_reject(reject.line, reject.reason)
-                # The last one waits for the disk, so bad lines cannot pile up in memory.
-                await journal.reject(reject, durable=reject is chunk.rejects[-1])
-            if journal.rejects_error is not None:
-                # Its rejects are not recorded: a batch of its rows would cover them.
-                return False
-            stats.rows_read += len(chunk)
-            if chunk.rows:
-                try:
-                    await out.send(chunk)
-                except anyio.BrokenResourceError:
-                    return False
-    return False
