@@ -21,6 +21,8 @@ decisions are tested on numbers (as botocore tests ``retries/throttling.py``).
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -56,12 +58,19 @@ class Spacing:
 
     spacing = Spacing(20.0, hard=True)
     wait = spacing.delay(now)   # 0.0: send now
-    spacing.sent(now)
+    spacing.taken(now)          # the turn is taken...
+    spacing.went(now, later)    # ...and the request went (after a journal fsync, say)
+
+    A hard cap counts a request from when it went, not from its turn: what comes
+    between (the journal's fsync of a batch's first send) takes from nothing to tens
+    of milliseconds, and a cap counted at turns lets two sends that far apart arrive
+    within the server's second. A turn taken and not gone yet counts as going now.
     """
 
     def __init__(self, rate: float, *, hard: bool = False) -> None:
         self._hard = hard
-        self._sends: deque[float] = deque()
+        self._sends: deque[float] = deque()  # when requests went, in order
+        self._pending: list[float] = []  # turns taken whose requests have not gone yet
         self._last = -math.inf  # the last send
         self._next = -math.inf  # when the next is due on the even schedule
         self.rate = rate
@@ -86,19 +95,44 @@ class Spacing:
         if self._sends:
             # ...and never ahead of the even schedule.
             due = max(due, self._next)
-        if self._per_window and len(self._sends) >= self._per_window:
-            due = max(due, self._sends[-self._per_window] + _WINDOW)
+        if self._per_window:
+            # The per_window-th latest send, the pending ones counted as going now.
+            back = self._per_window - len(self._pending)
+            if back <= 0:
+                due = max(due, now + _WINDOW)
+            elif len(self._sends) >= back:
+                due = max(due, self._sends[-back] + _WINDOW)
         return max(due - now, 0.0)
 
-    def sent(self, now: float) -> None:
-        """A request went at ``now``."""
+    def taken(self, now: float) -> None:
+        """A turn was taken at ``now``: its request goes next (see ``went``)."""
         interval = 1.0 / self._rate
         # The schedule never falls more than one interval behind: no burst after a pause.
         self._next = max(self._next + interval, now)
         self._last = now
-        self._sends.append(now)
-        while len(self._sends) > max(self._per_window, 1):
-            self._sends.popleft()
+        self._pending.append(now)
+
+    def went(self, turn: float, at: float) -> None:
+        """The request of the turn taken at ``turn`` went at ``at`` (or was given up).
+
+        A turn taken before this spacing was made (an adaptive rate's first cut) is
+        counted from ``at`` alone.
+        """
+        with contextlib.suppress(ValueError):
+            self._pending.remove(turn)
+        self._last = max(self._last, at)
+        sends = self._sends
+        if not sends or at >= sends[-1]:
+            sends.append(at)
+        else:
+            bisect.insort(sends, at)
+        while len(sends) > max(self._per_window, 1):
+            sends.popleft()
+
+    def sent(self, now: float) -> None:
+        """A request went at ``now``, its turn taken then too."""
+        self.taken(now)
+        self.went(now, now)
 
 
 @dataclass(slots=True)

@@ -142,8 +142,9 @@ class RetryingCaller:
         # counted by the journal, which sees every run's.)
         owed_retry: str | None = None
         while True:
-            if await self.pacer.turn(self.stopping) is None:
+            if (turn := await self.pacer.turn(self.stopping)) is None:
                 raise Abandoned
+            gone = False
             try:
                 if on_first_send is not None:
                     await on_first_send()  # durable before the POST; no stop check after it
@@ -153,8 +154,12 @@ class RetryingCaller:
                 owed_retry = None
                 self._stats.requests += 1
                 sent = self._clock()  # after the journal's fsync: the round trip is the request's
+                self.pacer.went(turn, sent)
+                gone = True
                 reply, action, cause = await self._attempt(request)
             except BaseException:
+                if not gone:
+                    self.pacer.went(turn, self._clock())
                 self.pacer.forfeit()  # no outcome to learn from (a fatal error, a cancel)
                 raise
             if action is Action.RATE_LIMITED:

@@ -85,7 +85,11 @@ class Pacer(Protocol):
         ...
 
     async def turn(self, stop: anyio.Event) -> float | None:
-        """Wait for a request's turn; its send time, or None on a stop."""
+        """Wait for a request's turn; the turn's time, or None on a stop."""
+        ...
+
+    def went(self, turn: float, at: float) -> None:
+        """The request of the turn taken at ``turn`` went at ``at``; due once per turn."""
         ...
 
     def record(self, attempt: Attempt) -> float:
@@ -209,10 +213,17 @@ class _Pacer:
         if stop.is_set():
             return None
         if self._spacing is not None:
-            self._spacing.sent(now)
+            self._spacing.taken(now)
         self._in_flight += 1
         self._sent(now)
         return now
+
+    def went(self, turn: float, at: float) -> None:
+        """The request of the turn taken at ``turn`` went at ``at``: a hard cap counts it
+        from then (a journal fsync may come between). Due once for each turn, also when
+        the request never went (then ``at`` is when that was known)."""
+        if self._spacing is not None:
+            self._spacing.went(turn, at)
 
     async def _after_pause(self, stop: anyio.Event) -> bool:
         """What a worker does once a shared pause ends; whether ``stop`` came meanwhile."""

@@ -215,7 +215,9 @@ class _Run:
                         await self.journal.write(self._start_record())
 
                         async def check() -> None:
-                            self.version = await preflight(self._caller().call, client, self.config)
+                            self.version = await preflight(
+                                self._caller(self.pacer).call, client, self.config
+                            )
 
                         checked = await self.shutdown.guard(check, grace=0.0)
                         if checked:

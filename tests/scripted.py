@@ -30,6 +30,7 @@ class Scripted:
 
     url: str = ""
     posts: list[float] = field(default_factory=list)  # time.monotonic() at each arrival
+    gets: list[float] = field(default_factory=list)  # ...and at each GET of the dataset
     stored: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -71,6 +72,7 @@ async def scripted_server(
     server = Scripted()
 
     async def get_dataset(request: web.Request) -> web.Response:
+        server.gets.append(time.monotonic())
         return web.json_response({"id": DATASET, "name": "scripted", "space_id": "c3BhY2U="})
 
     async def append(request: web.Request) -> web.Response:

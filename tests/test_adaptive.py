@@ -33,6 +33,29 @@ def test_a_hard_cap_never_fits_more_than_r_requests_in_any_second_even_with_late
         assert len(sends) / 60 >= 0.97 * rate
 
 
+def test_a_hard_cap_counts_a_request_from_when_it_went_not_from_its_turn() -> None:
+    """--rate R: requests that go up to 40 ms after their turn (a journal fsync), several
+    turns outstanding at once, still never put more than R in any sliding second."""
+    rng = random.Random(11)
+    for rate in (5.0, 20.0, 50.0):
+        spacing, now = Spacing(rate, hard=True), 0.0
+        went: list[float] = []
+        pending: list[tuple[float, float]] = []  # (when it goes, its turn)
+        while now < 60:
+            due = now + spacing.delay(now)
+            if pending and pending[0][0] <= due:
+                now, turn = heapq.heappop(pending)
+                spacing.went(turn, now)
+                went.append(now)
+                continue
+            now = due
+            spacing.taken(now)
+            heapq.heappush(pending, (now + rng.choice([0.0, 0.0, 0.002, 0.04]), now))
+        most = max(sum(s <= t < s + 1.0 for t in went) for s in went)
+        assert most <= rate
+        assert len(went) / 60 >= 0.97 * rate
+
+
 def test_spacing_below_one_a_second_is_strict() -> None:
     """A rate of 0.5/s sends every two seconds, never sooner."""
     spacing = Spacing(0.5, hard=True)

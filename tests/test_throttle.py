@@ -130,3 +130,16 @@ async def test_a_run_of_only_429s_does_not_say_0_attempts(tmp_path: Path) -> Non
             await ingest.upload(api_key=KEY, **run)
     message = str(info.value)
     assert "requests throttled (HTTP 429)" in message and "attempts" not in message, message
+
+
+async def test_a_hard_rate_counts_the_preflight_too(tmp_path: Path) -> None:
+    """--rate 2: the preflight GET waits its turn like the appends, so no second holds 3."""
+    (tmp_path / "few.jsonl").write_bytes(b"".join(b'{"i": %d}\n' % i for i in range(30)))
+    async with scripted_server(lambda examples, server: created(examples, server)) as server:
+        run = run_settings(server.url, tmp_path, rate=2, input=str(tmp_path / "few.jsonl"))
+        with anyio.fail_after(30):
+            summary = await ingest.upload(api_key=KEY, **run)
+    assert summary.rows_delivered == 30
+    arrivals = sorted(server.gets + server.posts)
+    assert len(arrivals) == 4
+    assert max(sum(s <= t < s + 1.0 for t in arrivals) for s in arrivals) <= 2
