@@ -8,8 +8,11 @@ decisions are tested on numbers (as botocore tests ``retries/throttling.py``).
   also keeps every sliding one-second window at or under R.
 - ``AdaptiveRate``: no cap until the server throttles (429, or 503 with
   ``Retry-After``); then CUBIC, as botocore's adaptive retry mode does: the rate
-  is cut to ``BETA`` of what was being sent, climbs back to it along a cubic
-  that flattens there, then probes above it. Its time runs in requests, not
+  is cut to ``BETA`` of what was being sent, climbs back to ``HOLD`` of it along a
+  cubic that flattens there, then probes above it. Each throttle at the same level
+  as the last doubles the climbs held before the probe (a limit that stays put is
+  not probed every few seconds: a probe costs a 429 and often a whole second of
+  ``Retry-After``). Its time runs in requests, not
   seconds (the climb back takes ``CLIMB_REQUESTS`` requests at any rate), so no
   constant favours one server's limit: a 5/s limit is found as well as a 500/s one.
 - ``AdaptiveConcurrency``: requests in flight, as Vector's adaptive request
@@ -35,6 +38,18 @@ CLIMB_REQUESTS = 60.0
 # ...and at least this many seconds: a limiter counting per second (a fixed window)
 # shows an overshoot only once its quota is spent, up to a second later.
 CLIMB_SECONDS = 3.0
+# Where the climb back levels off, as a share of the rate the last throttle came at:
+# sending at the limit itself, a fixed window's arrivals jitter one over it now and
+# then, and a 429 whose Retry-After rounds up to a whole second costs a window's quota.
+HOLD = 0.97
+# A throttle at the level of the one before (within this share of it) means the limit
+# has not moved: the next probe above it waits twice as many climbs, up to MAX_PATIENCE.
+# A throttle elsewhere (the limit moved) probes after one climb again.
+SAME_LEVEL = 0.1
+MAX_PATIENCE = 8.0
+# ...and the first throttle of a run, which ends a climb from no cap at all (so what was
+# accepted then is the limit), holds this many.
+FIRST_PATIENCE = 4.0
 # The rate is never cut below this (requests/s): one request every two seconds still
 # learns when a throttle is over. botocore's floor is the same.
 MIN_RATE = 0.5
@@ -147,10 +162,13 @@ class AdaptiveRate:
 
     rate: float | None = None
     throttles: int = 0  # throttles that cut the rate
-    _w_max: float = 0.0  # the accepted rate at the last cut: the cubic flattens there
+    _w_max: float = 0.0  # the accepted rate at the last cut: the cubic flattens near it
+    _patience: float = 1.0  # climbs held at HOLD x w_max before probing above it
+    _held: float = 0.0  # the last w_max held through its patience (then probed above)
     _peak: float = 0.0  # the best accepted rate a cut has seen, a storm's aside
     _cut_at: float = -math.inf
     _recovering: bool = False
+    _recovered: bool = False  # won back to BETA x the peak, and not throttled since
     _sends: deque[float] = field(default_factory=lambda: deque(maxlen=MEASURED_SENDS))
     _accepted: deque[float] = field(default_factory=deque)
 
@@ -186,13 +204,34 @@ class AdaptiveRate:
         if sent < self._cut_at:
             return False
         base = max(self.accepted(now), MIN_RATE)
-        if self._recovering or base >= BETA * self._peak:
-            self._peak = base  # an ordinary cut, or the limit fell: it is about here
+        if self._recovering or self._recovered or base >= BETA * self._peak:
+            # An ordinary cut, or the limit fell, or the peak won back after a storm was
+            # not a rate the server holds (a token bucket's burst shows more than its
+            # rate): the limit is about here.
+            self._peak = base
         # else a storm (next to nothing accepted): the peak is what to win back after it
-        self._w_max = base
-        self.rate = max(base * BETA, MIN_RATE)
+        climbs = self._climbs(now) if self._w_max else math.inf
+        if climbs > self._patience:
+            self._held = self._w_max  # probing above a level that held through the patience
+        held = self._held
+        # Throttled again before the climb got back, above the level held: the level the
+        # last cut took was not the limit (a token bucket refilled by a pause lets a burst
+        # through): the level held is.
+        same = held > 0 and (abs(base - held) <= SAME_LEVEL * held or (base > held and climbs < 1))
+        if not self.throttles:
+            self._patience = FIRST_PATIENCE  # the first throttle measured the limit itself
+        elif same:
+            self._patience = min(2 * self._patience, MAX_PATIENCE)
+        elif base < held:
+            self._patience = 1.0  # the limit fell: probe again soon
+        # (Above the level held, the limit rose or a token bucket let a burst through:
+        # the cut and climb follow it, and the patience stays.)
+        # At the level held, the lower of the two is the limit: a count that straddles a
+        # fixed window's edge reads a little over it, and holding there throttles again.
+        self._w_max = min(base, held) if same else base
+        self.rate = max(self._w_max * BETA, MIN_RATE)
         self._cut_at = now
-        self._recovering = False
+        self._recovering = self._recovered = False
         self.throttles += 1
         return True
 
@@ -207,6 +246,7 @@ class AdaptiveRate:
             self.rate = min(self.rate * (1 + RECOVERY_GROWTH), BETA * self._peak)
             if self.rate >= BETA * self._peak:
                 self._w_max, self._cut_at, self._recovering = self._peak, now, False
+                self._recovered = True
             return
         rate, measured = self._cubic(now), self.measured(now)
         if measured is not None:
@@ -215,11 +255,19 @@ class AdaptiveRate:
             rate = min(rate, max(2 * measured, self.rate))
         self.rate = rate
 
+    def _climbs(self, now: float) -> float:
+        """Climbs since the last cut."""
+        return (now - self._cut_at) / max(CLIMB_REQUESTS / self._w_max, CLIMB_SECONDS)
+
     def _cubic(self, now: float) -> float:
-        # Time in climbs: the cubic is back at w_max after one, and probes above it after.
-        climb = max(CLIMB_REQUESTS / self._w_max, CLIMB_SECONDS)
-        u = (now - self._cut_at) / climb
-        return max(self._w_max * (1 + (1 - BETA) * (u - 1) ** 3), MIN_RATE)
+        # Time in climbs: back at HOLD x w_max after one, held there for the patience,
+        # then probing above (the convex half of the cubic, from there).
+        u = self._climbs(now)
+        if u <= 1:
+            share = HOLD + (HOLD - BETA) * (u - 1) ** 3
+        else:
+            share = HOLD + (1 - BETA) * max(u - self._patience, 0.0) ** 3
+        return max(self._w_max * share, MIN_RATE)
 
 
 @dataclass(slots=True)

@@ -347,7 +347,10 @@ class AdaptivePacer(_Pacer):
                 if self._rate.throttled(now, sent=attempt.sent):
                     assert self._rate.rate is not None
                     if self._spacing is None:
+                        # As if a request went now: the throttled ones wait their turn
+                        # at the cut rate, not resend at once (no Retry-After to wait).
                         self._spacing = Spacing(self._rate.rate)
+                        self._spacing.sent(now)
                     log.debug(
                         "pacing: HTTP %s; rate cut to %.1f req/s (%.1f accepted a second)",
                         status,

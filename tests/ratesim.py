@@ -1,7 +1,8 @@
 """A server's rate limit, simulated: a token bucket or a fixed one-second window.
 
 Used by the pacing tests in virtual time: ``answer(now)`` is the status a request
-arriving at ``now`` gets, with the ``Retry-After`` the server would send.
+arriving at ``now`` gets, with the ``Retry-After`` the server would send (whole
+seconds, as HTTP's delay-seconds are: a window's last tenth asks for a second).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class Limit:
     used: int = 0
     accepted: list[float] = field(default_factory=list)
     refused: int = 0
+    refused_at: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.tokens = self.rate
@@ -42,7 +44,9 @@ class Limit:
             self.accepted.append(now)
             return 200, None
         self.refused += 1
-        return 429, (wait if self.retry_after else None)
+        self.refused_at.append(now)
+        # As the fake server and HTTP's delay-seconds: whole seconds, rounded up, at least 1.
+        return 429, (float(max(1, math.ceil(wait))) if self.retry_after else None)
 
     def sustained(self, since: float, until: float) -> float:
         """Accepted requests a second between ``since`` and ``until``, as a share of the limit."""
@@ -51,3 +55,8 @@ class Limit:
 
     def refused_share(self) -> float:
         return self.refused / (self.refused + len(self.accepted))
+
+    def throttle_episodes(self, since: float) -> int:
+        """Runs of 429s (each a second or more after the one before) from ``since`` on."""
+        times = [t for t in self.refused_at if t >= since]
+        return sum(1 for i, t in enumerate(times) if i == 0 or t - times[i - 1] >= 1.0)

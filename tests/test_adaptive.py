@@ -175,6 +175,20 @@ def test_an_unknown_limit_is_found_and_held(limit: float, mode: str, retry_after
     assert server.refused_share() <= 0.05
 
 
+@pytest.mark.parametrize("limit", [20.0, 50.0, 200.0])
+@pytest.mark.parametrize("mode", ["bucket", "window"])
+@pytest.mark.parametrize("retry_after", [True, False], ids=["retry-after", "none"])
+def test_a_limit_that_stays_put_is_probed_ever_more_rarely(
+    limit: float, mode: str, retry_after: bool
+) -> None:
+    """Each probe above a limit costs a 429 (and often a whole second of Retry-After):
+    once found, a limit that does not move is probed less and less, at most 3 times in
+    the second half of the run (a token bucket's burst is not taken for a higher limit)."""
+    server = Limit(limit, mode, retry_after)
+    _simulate(server, 90.0)
+    assert server.throttle_episodes(since=45.0) <= 3
+
+
 def test_concurrency_starts_at_one_and_doubles_each_round_trip_while_latency_holds() -> None:
     """Slow start: 1, 2, 4, 8 ... while every request of a round trip comes back as fast
     (each answer while the limit is full lets one more go)."""

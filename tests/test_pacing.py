@@ -273,3 +273,18 @@ def test_the_progress_line_shows_the_pacing_state() -> None:
     )
     line = Progress(RunStats(), pacing=lambda: snap).line()
     assert "rate 17.6 req/s (auto), concurrency 8 (auto), 3 in flight, 12 throttled (429)" in line
+
+
+def test_the_first_throttle_without_retry_after_holds_its_request_for_a_turn() -> None:
+    """The 429 that first cuts the rate, with no Retry-After, is not resent at once: it
+    waits a turn at the cut rate (a resend at once was a second 429 at a low limit)."""
+    from ingest.pacing import Attempt
+
+    pacer = AdaptivePacer(rate=None, concurrency=8, clock=FakeClock(start=0.0))
+    for i in range(20):  # 20 accepted a second
+        pacer._in_flight += 1
+        pacer.record(Attempt(201, sent=i * 0.05, answered=i * 0.05 + 0.001))
+    pacer._in_flight += 1
+    wait = pacer.record(Attempt(429, sent=1.0, answered=1.001, throttled=1))
+    snap = pacer.snapshot()
+    assert snap.rate is not None and wait >= 0.5 / snap.rate
