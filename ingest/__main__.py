@@ -1,7 +1,5 @@
 """``python -m ingest``: the same as the ``ingest`` command."""
 
-import sys
+from ingest.cli import entry_point
 
-from ingest.cli import main
-
-sys.exit(main())
+entry_point()

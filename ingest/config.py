@@ -14,7 +14,6 @@ import ipaddress
 import math
 import os
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -230,6 +229,8 @@ def _settings_of(config: RunConfig) -> dict[str, Any]:
 
 def load_toml(path: str) -> dict[str, Any]:
     """Read a TOML config into RunConfig keyword arguments; paths resolved against its folder."""
+    import tomllib  # here, not at the top: a run from flags alone never pays its ~5 ms import
+
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)

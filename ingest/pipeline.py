@@ -357,8 +357,12 @@ class _Run:
                 stages.start_soon(read)
                 stages.start_soon(batch_stage, batcher, chunks_rx, batches_tx, self.shutdown.event)
                 async with batches_rx:
-                    for _ in range(self.pacer.workers):
-                        stages.start_soon(sender.work, batches_rx.clone(), self.shutdown.fail)
+                    sender.start_workers(
+                        stages,
+                        batches_rx,
+                        workers=self.pacer.workers,
+                        on_failure=self.shutdown.fail,
+                    )
             stopped = self.shutdown.failure is not None or self.shutdown.event.is_set()
             if settler is not None and self.exhausted and not stopped:
                 await self._settle(settler)

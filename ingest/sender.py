@@ -22,7 +22,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-from anyio.abc import ObjectReceiveStream
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ingest.batcher import Batch
 from ingest.caller import (
@@ -59,12 +60,11 @@ _SERVER_ERROR_REJECTS_IN_A_ROW = 3
 
 
 class Sender:
-    """Delivers batches: one instance, ``pacer.workers`` tasks running ``work``.
+    """Delivers batches: one instance, up to ``pacer.workers`` tasks running ``work``.
 
     sender = Sender(append=client.append, journal=journal, caller=caller, ...)
     async with anyio.create_task_group() as tg:
-        for _ in range(caller.pacer.workers):
-            tg.start_soon(sender.work, batches.clone(), on_failure)
+        sender.start_workers(tg, batches, workers=caller.pacer.workers, on_failure=...)
     """
 
     def __init__(
@@ -94,9 +94,42 @@ class Sender:
         self._refusals = RefusalStreak()
         self._refusals.resume(*refused_before)  # rows refused alike by earlier runs, in a row
         self.resolved = 0  # batches taken from the stream and settled
+        self._group: TaskGroup | None = None  # where start_workers starts them
+        self._workers_left = 0  # workers start_workers may still start
+        self.workers_started = 0
+
+    def start_workers(
+        self,
+        group: TaskGroup,
+        batches: MemoryObjectReceiveStream[Batch],
+        *,
+        workers: int,
+        on_failure: Callable[[DeliveryError], None],
+    ) -> None:
+        """Start the tasks that deliver ``batches``: one now, ``workers`` at most.
+
+        Each worker starts the next when it takes a batch, so there are as many as
+        batches worked at once, plus one waiting for the next batch. That is all the
+        pacer lets wait at a time anyway (its admission), so delivery is the same as
+        with ``workers`` tasks started at once, but a small input starts one or two,
+        not the 128 an adaptive run may reach (~25 ms of start-up on a 10-row file).
+        """
+        self._group, self._workers_left = group, workers
+        self._start_worker(batches, on_failure)
+
+    def _start_worker(
+        self, batches: MemoryObjectReceiveStream[Batch], on_failure: Callable[[DeliveryError], None]
+    ) -> None:
+        if self._group is None or self._workers_left <= 0:
+            return
+        self._workers_left -= 1
+        self.workers_started += 1
+        # A clone of an open stream (the caller's, or the starting worker's own): the
+        # stream never counts zero receivers while a worker is still to come.
+        self._group.start_soon(self.work, batches.clone(), on_failure)
 
     async def work(
-        self, batches: ObjectReceiveStream[Batch], on_failure: Callable[[DeliveryError], None]
+        self, batches: MemoryObjectReceiveStream[Batch], on_failure: Callable[[DeliveryError], None]
     ) -> None:
         """Deliver batches until the stream ends, a stop is asked for, or delivery fails.
 
@@ -113,6 +146,7 @@ class Sender:
                     except anyio.EndOfStream:
                         return
                     slot.hold(batch.end - batch.start)
+                    self._start_worker(batches, on_failure)  # the one to take the next batch
                     try:
                         await self.deliver(batch)
                     except Abandoned:

@@ -342,3 +342,32 @@ def test_gzip_on_stdin_is_refused_and_a_damaged_gz_sends_nothing(
     stdin[stdin.index("--input") + 1] = "-"
     plain = subprocess.run(stdin, input=(tmp_path / "rows.jsonl").read_bytes(), env=env, timeout=60)
     assert plain.returncode == 0  # the refused gzip left no checkpoint to refuse this run
+
+
+def _modules_after(code: str) -> set[str]:
+    """The modules a fresh interpreter holds after running ``code``."""
+    show = "; import sys; print(' '.join(sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", code + show], capture_output=True, text=True, check=True
+    )
+    return set(out.stdout.split())
+
+
+def test_the_cli_imports_nothing_only_other_subcommands_use() -> None:
+    """``import ingest.cli`` (what ``ingest run`` starts with) loads no verify, status,
+    pipeline or TOML parser: each subcommand imports its own when it runs."""
+    loaded = _modules_after("import ingest.cli")
+    unwanted = {"ingest.verify", "ingest.verify_report", "ingest.status", "ingest.pipeline"}
+    assert not loaded & {*unwanted, "tomllib", "aiohttp"}
+    assert not _modules_after("import ingest") & {*unwanted, "ingest.config", "aiohttp"}
+
+
+def test_ingest_verify_stays_the_function_when_its_module_is_imported_first() -> None:
+    """The module ``ingest.verify`` shares the function's name, and importing it first
+    does not hide ``ingest.verify()`` (nor any other public name)."""
+    code = (
+        "import inspect, ingest.verify, ingest; "
+        "assert inspect.iscoroutinefunction(ingest.verify), ingest.verify; "
+        "assert all(getattr(ingest, name) is not None for name in ingest.__all__)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -8,6 +8,7 @@ subprocess, and everything it writes is searched for the key.
 from __future__ import annotations
 
 import base64
+import html
 import itertools
 import os
 import re
@@ -194,6 +195,13 @@ def test_a_cut_keeps_no_start_of_the_key_in_any_form(form: str) -> None:
     for n in range(1, len(quoted)):
         text = "x" * 50 + quoted[:n] + "y" * 500
         assert redact(text, KEY, limit=50 + n, ellipsis="...") == "x" * 50 + "...", quoted[:n]
+
+
+def test_redact_takes_out_the_key_html_escaped_as_html_escape_writes_it() -> None:
+    """A key holding each character ``html.escape`` changes is taken out HTML-escaped."""
+    key = "k&e<y>q\"u'ote-12345"
+    assert redact(f"<p>{html.escape(key)}</p>", key) == "<p>[redacted]</p>"
+    assert redact(f"<p>{html.escape(key, quote=False)}</p>", key) == "<p>[redacted]</p>"
 
 
 def test_redact_takes_out_any_bearer_token_or_authorization_value() -> None:

@@ -96,6 +96,64 @@ async def _deliver(
     return [orjson.loads(line) for line in lines[1:]], sent, stats, failures
 
 
+async def _pool(tmp_path: Path, batches: int, workers: int) -> int:
+    """Deliver ``batches`` one-row batches at concurrency ``workers`` through
+    ``start_workers``, each append held until as many are in flight as can be; the
+    workers started."""
+    rows = [orjson.dumps({"i": i}) for i in range(batches)]
+    source = tmp_path / "rows.jsonl"
+    source.write_bytes(b"".join(r + b"\n" for r in rows))
+    journal, _ = CheckpointJournal.open(
+        str(tmp_path / "c.ckpt"),
+        fingerprint(str(source), "ds", None),
+        rejects_path=str(tmp_path / "r.jsonl"),
+    )
+    stats = RunStats(now=lambda: 0.0)
+    pacer = FixedPacer(rate=None, concurrency=workers, policy=POLICY)
+    caller = RetryingCaller(
+        policy=POLICY, stats=stats, describe=lambda action, reply: reply.problem(), pacer=pacer
+    )
+    in_flight, all_in = [0], anyio.Event()
+
+    async def append(body: bytes) -> Reply:
+        in_flight[0] += 1
+        if in_flight[0] == min(batches, workers):
+            all_in.set()
+        await all_in.wait()  # a barrier: only as many at once as the pool allows get past
+        return Reply(200, _ids(body))
+
+    sender = Sender(
+        append=append, journal=journal, caller=caller, stats=stats, on_reject=lambda *_: None
+    )
+    failures: list[DeliveryError] = []
+    tx, rx = anyio.create_memory_object_stream[Batch](1)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(journal.run)
+            async with anyio.create_task_group() as stages:
+                async with rx:
+                    sender.start_workers(stages, rx, workers=workers, on_failure=failures.append)
+                async with tx:
+                    end = 0
+                    for seq, row in enumerate(rows):
+                        start, end = end, end + len(row) + 1
+                        batch = Batch(seq, seq + 1, start, (row,), (seq + 1,), (end,), (start,))
+                        await tx.send(batch)
+            journal.close()
+    journal.release()
+    assert not failures and sender.resolved == stats.rows_delivered == batches
+    return sender.workers_started
+
+
+@pytest.mark.parametrize(("batches", "workers", "started"), [(1, 128, 2), (3, 128, 4), (12, 4, 4)])
+async def test_workers_start_as_batches_are_taken_and_reach_the_concurrency(
+    tmp_path: Path, batches: int, workers: int, started: int
+) -> None:
+    """Each worker starts the next as it takes a batch, up to the limit: a small input
+    starts a worker or two, yet as many batches go at once as the concurrency allows."""
+    assert await _pool(tmp_path, batches, workers) == started
+
+
 async def test_two_500s_in_a_row_halve_the_batch_and_the_halves_are_done(tmp_path: Path) -> None:
     """HTTP 500 twice on the whole (too large a body, as Arize answers): split, and each
     half is delivered and journaled done, with no key to look anything up by."""
