@@ -43,7 +43,7 @@ _MAX_PAUSE = 3600.0
 MAX_AUTO_CONCURRENCY = 128
 # Bytes of batches in flight, at most (but one batch, however big): memory stays
 # bounded whatever the concurrency reaches.
-MAX_BYTES_IN_FLIGHT = 32 << 20
+MAX_BYTES_IN_FLIGHT = 16 << 20
 
 
 @dataclass(frozen=True, slots=True)

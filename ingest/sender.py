@@ -154,6 +154,9 @@ class Sender:
                     except DeliveryError as exc:
                         on_failure(exc)
                         return
+                    # Not kept while waiting for the next slot: a worker idle at the
+                    # limit held its last batch, up to 128 of them past the byte cap.
+                    del batch
                 self.resolved += 1
 
     async def deliver(self, batch: Batch) -> None:

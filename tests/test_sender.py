@@ -7,6 +7,7 @@ server and without sleeping.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -96,10 +97,11 @@ async def _deliver(
     return [orjson.loads(line) for line in lines[1:]], sent, stats, failures
 
 
-async def _pool(tmp_path: Path, batches: int, workers: int) -> int:
+async def _pool(tmp_path: Path, batches: int, workers: int) -> tuple[int, int]:
     """Deliver ``batches`` one-row batches at concurrency ``workers`` through
     ``start_workers``, each append held until as many are in flight as can be; the
-    workers started."""
+    workers started, and the batches still alive once all are delivered (the stream
+    still open, the workers idle)."""
     rows = [orjson.dumps({"i": i}) for i in range(batches)]
     source = tmp_path / "rows.jsonl"
     source.write_bytes(b"".join(r + b"\n" for r in rows))
@@ -139,10 +141,14 @@ async def _pool(tmp_path: Path, batches: int, workers: int) -> int:
                         start, end = end, end + len(row) + 1
                         batch = Batch(seq, seq + 1, start, (row,), (seq + 1,), (end,), (start,))
                         await tx.send(batch)
+                    del batch
+                    while sender.resolved < batches:  # noqa: ASYNC110 (polls the workers)
+                        await anyio.sleep(0.01)
+                    alive = sum(isinstance(o, Batch) for o in gc.get_objects())
             journal.close()
     journal.release()
     assert not failures and sender.resolved == stats.rows_delivered == batches
-    return sender.workers_started
+    return sender.workers_started, alive
 
 
 @pytest.mark.parametrize(("batches", "workers", "started"), [(1, 128, 2), (3, 128, 4), (12, 4, 4)])
@@ -151,7 +157,13 @@ async def test_workers_start_as_batches_are_taken_and_reach_the_concurrency(
 ) -> None:
     """Each worker starts the next as it takes a batch, up to the limit: a small input
     starts a worker or two, yet as many batches go at once as the concurrency allows."""
-    assert await _pool(tmp_path, batches, workers) == started
+    assert (await _pool(tmp_path, batches, workers))[0] == started
+
+
+async def test_an_idle_worker_holds_no_batch_it_has_delivered(tmp_path: Path) -> None:
+    """Memory stays bounded by the bytes in flight: a worker waiting for its next batch
+    does not keep its last one alive (at 128 workers that was 128 batches held)."""
+    assert (await _pool(tmp_path, 12, 4))[1] == 0
 
 
 async def test_two_500s_in_a_row_halve_the_batch_and_the_halves_are_done(tmp_path: Path) -> None:
