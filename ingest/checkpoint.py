@@ -57,6 +57,9 @@ from ingest.replay import read_journal as read_journal
 from ingest.rows import Reject
 
 log = logging.getLogger("ingest")
+# The longest a record nothing waits on (a *done*, a reject) waits for a durable one to
+# share its fsync: a crash within it costs a look-up of the batch, never a row.
+LAZY_COMMIT_SECONDS = 0.2
 
 _Pending = tuple[str | None, tuple[int, int] | None, bytes]  # kind, lines, the record
 
@@ -81,6 +84,7 @@ class CheckpointJournal:
         self._rejects: list[bytes] = []
         self._committed = anyio.Event()
         self._has_work = anyio.Event()
+        self._waited_on = anyio.Event()  # set by a durable write: commit now, not later
         self._closing = False
         self._error: CheckpointError | None = None
         self._already_rejected: set[bytes] = set()
@@ -248,6 +252,7 @@ class CheckpointJournal:
         committed = self._committed
         self._has_work.set()
         if durable:
+            self._waited_on.set()
             await committed.wait()
             if self._error is not None:
                 raise self._error
@@ -266,6 +271,11 @@ class CheckpointJournal:
                     await self._has_work.wait()
                     self._has_work = anyio.Event()
                     continue
+                if not self._waited_on.is_set() and not self._closing:
+                    # Only records nothing waits on (a *done*, a reject): they go with the
+                    # next durable one, a fsync for both, or after a moment at the latest.
+                    with anyio.move_on_after(LAZY_COMMIT_SECONDS):
+                        await self._waited_on.wait()
                 await self._commit_buffered()
         finally:
             if (self._buf or self._rejects) and self._error is None:
@@ -274,6 +284,7 @@ class CheckpointJournal:
     async def _commit_buffered(self) -> None:
         buf, rejects, committed = self._buf, self._rejects, self._committed
         self._buf, self._rejects, self._committed = [], [], anyio.Event()
+        self._waited_on = anyio.Event()
         failed_before = self.rejects_error
         try:
             with anyio.CancelScope(shield=True):
@@ -346,6 +357,7 @@ class CheckpointJournal:
         """Ask the writer task to commit what is left and end."""
         self._closing = True
         self._has_work.set()
+        self._waited_on.set()
 
     def release(self) -> None:
         """Close the files and drop the lock; call after the writer task ended."""

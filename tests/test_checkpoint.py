@@ -416,3 +416,32 @@ async def test_a_delivered_row_costs_the_journal_under_a_byte(fake: Any, tmp_pat
     assert (await ingest.upload(api_key=fake.api_key, **run)).exit_code == 0
     assert fake.state.example_count(fake.dataset_id) == 20_000
     assert journal.stat().st_size < 20_000, f"{journal.stat().st_size / 20_000:.2f} bytes a row"
+
+
+async def test_a_record_nothing_waits_on_shares_the_next_durable_ones_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A *done* waits (at most LAZY_COMMIT_SECONDS) for the next *sending*: one fsync for
+    both, not one each; alone, it is on disk within that time, with no close."""
+    import ingest.checkpoint as checkpoint
+
+    fsyncs: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(checkpoint.os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd)))
+    path = tmp_path / "ck"
+    journal, _ = CheckpointJournal.open(str(path), FP, rejects_path=str(path) + ".rej")
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(journal.run)
+            await journal.write(sending(0, 1, 10))
+            before = len(fsyncs)
+            await journal.write(done(0, 1, 10), durable=False)
+            await anyio.sleep(0.02)
+            await journal.write(sending(1, 11, 20))
+            assert len(fsyncs) - before == 1
+            await journal.write(done(1, 11, 20), durable=False)
+            await anyio.sleep(checkpoint.LAZY_COMMIT_SECONDS + 0.3)
+            assert b'"seq":1' in path.read_bytes().splitlines()[-1]
+            journal.close()
+    finally:
+        journal.release()

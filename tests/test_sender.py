@@ -102,7 +102,8 @@ async def _pool(tmp_path: Path, batches: int, workers: int) -> tuple[int, int]:
     ``start_workers``, each append held until as many are in flight as can be; the
     workers started, and the batches still alive once all are delivered (the stream
     still open, the workers idle)."""
-    rows = [orjson.dumps({"i": i}) for i in range(batches)]
+    mark = str(tmp_path).encode()  # this call's batches, among every other test's
+    rows = [orjson.dumps({"i": i, "pool": mark.decode()}) for i in range(batches)]
     source = tmp_path / "rows.jsonl"
     source.write_bytes(b"".join(r + b"\n" for r in rows))
     journal, _ = CheckpointJournal.open(
@@ -144,7 +145,10 @@ async def _pool(tmp_path: Path, batches: int, workers: int) -> tuple[int, int]:
                     del batch
                     while sender.resolved < batches:  # noqa: ASYNC110 (polls the workers)
                         await anyio.sleep(0.01)
-                    alive = sum(isinstance(o, Batch) for o in gc.get_objects())
+                    gc.collect()
+                    alive = sum(
+                        isinstance(o, Batch) and mark in o.rows[0] for o in gc.get_objects()
+                    )
             journal.close()
     journal.release()
     assert not failures and sender.resolved == stats.rows_delivered == batches
