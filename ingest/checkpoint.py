@@ -24,9 +24,12 @@ A *sending* record is durable before its POST starts; a *done* record is
 written after the 2xx. After a crash, a *sending* record whose lines are not
 all done or rejected names a batch that was in flight (and may have been
 committed); it stays named until a later run settles those lines. Writes are
-group-committed by one task that fsyncs in a worker thread, so the event loop
-never waits on the disk and many workers share one fsync. A torn last line (a
-crash mid-write) is dropped.
+group-committed by one task, so many workers share one fsync; a *done* waits
+for the next durable record's (or ``LAZY_COMMIT_SECONDS``). The task commits
+in the event loop while the disk is fast (a local disk's fsync is a fraction
+of a millisecond, less than a thread's hand-off costs), and in a worker thread
+from the first commit slower than ``INLINE_COMMIT_SECONDS`` on, so the loop
+never waits on a slow disk. A torn last line (a crash mid-write) is dropped.
 
 The header's fingerprint (``ingest.identity``) names the input by content, not
 by path, and the dataset and version it goes to; ``ingest.replay`` reads a
@@ -38,6 +41,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -60,6 +64,9 @@ log = logging.getLogger("ingest")
 # The longest a record nothing waits on (a *done*, a reject) waits for a durable one to
 # share its fsync: a crash within it costs a look-up of the batch, never a row.
 LAZY_COMMIT_SECONDS = 0.2
+# A commit (write and fsync) that takes longer than this moves the rest of the run's
+# commits to a worker thread: the event loop waits on a fast disk, never on a slow one.
+INLINE_COMMIT_SECONDS = 0.002
 
 _Pending = tuple[str | None, tuple[int, int] | None, bytes]  # kind, lines, the record
 
@@ -85,6 +92,7 @@ class CheckpointJournal:
         self._committed = anyio.Event()
         self._has_work = anyio.Event()
         self._waited_on = anyio.Event()  # set by a durable write: commit now, not later
+        self._inline = True  # commit in the event loop, until one commit is slow
         self._closing = False
         self._error: CheckpointError | None = None
         self._already_rejected: set[bytes] = set()
@@ -287,8 +295,17 @@ class CheckpointJournal:
         self._waited_on = anyio.Event()
         failed_before = self.rejects_error
         try:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._commit, b"".join(rejects), buf)
+            if self._inline:
+                # A local disk's fsync takes a fraction of a millisecond: done in the loop,
+                # it costs less than a thread's hand-off (and its fight for the GIL) would.
+                started = time.perf_counter()
+                self._commit(b"".join(rejects), buf)
+                if time.perf_counter() - started > INLINE_COMMIT_SECONDS:
+                    self._inline = False  # a slow disk: the loop must not wait on it
+                await anyio.lowlevel.checkpoint()
+            else:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._commit, b"".join(rejects), buf)
             failed = self.rejects_error
             if failed is not None and failed is not failed_before and self.on_rejects_error:
                 self.on_rejects_error(failed)  # before the waiters wake: a run ends failed

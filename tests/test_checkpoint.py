@@ -445,3 +445,42 @@ async def test_a_record_nothing_waits_on_shares_the_next_durable_ones_fsync(
             journal.close()
     finally:
         journal.release()
+
+
+async def test_a_slow_disk_moves_the_commits_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commits run in the loop while the disk is fast; one slower than
+    INLINE_COMMIT_SECONDS sends the rest to a worker thread, where the loop cannot wait."""
+    import threading
+    import time
+
+    import ingest.checkpoint as checkpoint
+
+    threads: list[bool] = []
+    slow = [False]
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        threads.append(threading.current_thread() is threading.main_thread())
+        if slow[0]:
+            time.sleep(checkpoint.INLINE_COMMIT_SECONDS * 3)
+        real_fsync(fd)
+
+    monkeypatch.setattr(checkpoint.os, "fsync", fsync)
+    path = tmp_path / "ck"
+    journal, _ = CheckpointJournal.open(str(path), FP, rejects_path=str(path) + ".rej")
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(journal.run)
+            await journal.write(sending(0, 1, 10))
+            assert threads[-1]  # fast: in the loop's own thread
+            slow[0] = True
+            await journal.write(sending(1, 11, 20))  # slow, still in the loop: the last one
+            await journal.write(sending(2, 21, 30))
+            await journal.write(sending(3, 31, 40))
+            assert threads[-2:] == [False, False]
+            journal.close()
+    finally:
+        journal.release()
+    assert [r["seq"] for r in read_journal(str(path)).in_flight] == [0, 1, 2, 3]
